@@ -1,0 +1,168 @@
+"""The alignment stage: safety SFT on refusals and helpful answers, cached on disk.
+
+The provider's safety alignment (the HFT protocol's first stage): supervised fine-tuning on the
+alignment pools - harmful prompts answered with refusals, benign prompts answered helpfully, so
+the model learns to refuse without refusing everything. Alignment-stage defenses (Vaccine,
+RepNoise, Booster) act here through the same module.
+
+The result is cached under ``<cache_dir>/aligned/<key>``, where the key hashes everything that
+determines the aligned weights: the model config, the alignment config, the alignment-stage
+defense, and the alignment examples themselves. A sweep over attack settings therefore aligns
+once. A LoRA alignment is stored as its adapter (never a copy of the base weights) and merged into
+the weights when loaded, exactly as after training, so a cached and a fresh alignment give the same
+model. An entry appears by an atomic rename, so a half-written entry is never served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+
+from sbr_bench.data.bundled import Pair, Pools
+from sbr_bench.evaluation.generate import greedy_generate
+from sbr_bench.io import read_json, write_json_atomic
+from sbr_bench.models.adapters import apply_adapter, merge_adapter
+from sbr_bench.module import Optim, SafetyModule
+from sbr_bench.training import fit, make_loader
+
+log = logging.getLogger(__name__)
+
+# Bump when the alignment code changes what it produces for the same settings: old entries are
+# then simply not found any more.
+ALIGN_FORMAT = 1
+
+
+def digest(payload: Any) -> str:
+    """Short stable hash of a JSON-able value."""
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def model_identity(model_cfg: dict) -> dict:
+    """The model config without the keys that do not change the weights (where files are cached)."""
+    return {k: v for k, v in model_cfg.items() if k != "cache_dir"}
+
+
+def alignment_examples(pools: Pools, align_cfg: dict) -> list[Pair]:
+    """Refusal pairs, helpful pairs and (``num_task``, 0 by default) task pairs for alignment."""
+    return (
+        pools.align_harmful[: align_cfg.get("num_harmful")]
+        + pools.align_benign[: align_cfg.get("num_benign")]
+        + pools.task_train[: align_cfg.get("num_task", 0)]
+    )
+
+
+def self_distilled(model, tokenizer, pairs: list[Pair], max_new_tokens: int) -> list[Pair]:
+    """The same prompts answered by the model itself (greedy): targets that keep its own helpfulness."""
+    answers = greedy_generate(
+        model, tokenizer, [p.prompt for p in pairs], max_new_tokens, desc="self-distilled targets"
+    )
+    return [Pair(p.prompt, a, p.category) for p, a in zip(pairs, answers, strict=True)]
+
+
+def alignment_key(model_cfg: dict, align_cfg: dict, defense_cfg: dict | None, examples: list[Pair]) -> str:
+    """Hash of everything that determines the aligned weights."""
+    return digest(
+        {
+            "format": ALIGN_FORMAT,
+            "model": model_identity(model_cfg),
+            "align": align_cfg,
+            "defense": defense_cfg,
+            "data": digest([[p.prompt, p.response] for p in examples]),
+        }
+    )
+
+
+def _save(model, adapter_kind: str, folder: Path) -> None:
+    if adapter_kind == "lora":
+        model.save_pretrained(folder / "adapter")
+    else:
+        from safetensors.torch import save_model
+
+        save_model(model, str(folder / "model.safetensors"))
+
+
+def _load(model, adapter_kind: str, folder: Path):
+    if adapter_kind == "lora":
+        from peft import PeftModel
+
+        return merge_adapter(PeftModel.from_pretrained(model, folder / "adapter"))
+    from safetensors.torch import load_model
+
+    load_model(model, str(folder / "model.safetensors"))
+    return model
+
+
+def align(
+    model,
+    tokenizer,
+    pools: Pools,
+    align_cfg: dict,
+    defense,
+    key: str,
+    cache_dir: str | Path,
+    trainer_cfg: dict,
+    logger,
+    output_dir: str,
+) -> tuple[Any, dict[str, float]]:
+    """The aligned model (from the cache, or trained now and cached) and the stage's figures."""
+    entry = Path(cache_dir).expanduser() / "aligned" / key
+    adapter_kind = align_cfg["adapter"]["kind"]
+    if (entry / "meta.json").is_file():
+        log.info("alignment: reusing %s", entry)
+        return _load(model, adapter_kind, entry), {"align/cached": 1.0, "time/align_s": 0.0}
+
+    examples = alignment_examples(pools, align_cfg)
+    if align_cfg.get("benign_targets", "bundled") == "self":
+        benign = set(pools.align_benign)
+        distilled = iter(
+            self_distilled(model, tokenizer, [p for p in examples if p in benign], align_cfg["self_max_new_tokens"])
+        )
+        examples = [next(distilled) if p in benign else p for p in examples]
+    log.info("alignment: training on %d examples (cache entry %s)", len(examples), key)
+    pl.seed_everything(align_cfg["seed"], workers=True, verbose=False)
+    trainable = apply_adapter(model, **align_cfg["adapter"], seed=align_cfg["seed"])
+    module = SafetyModule(trainable, tokenizer, defense, Optim(**align_cfg["optim"]), stage="align", pools=pools)
+    loader = make_loader(tokenizer, examples, align_cfg["max_length"], align_cfg["batch_size"], align_cfg["seed"])
+    seconds = fit(
+        module,
+        loader,
+        trainer_cfg,
+        logger,
+        output_dir,
+        epochs=align_cfg.get("epochs"),
+        max_steps=align_cfg.get("max_steps"),
+        grad_accum=align_cfg.get("grad_accum", 1),
+    )
+
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=entry.parent))
+    try:
+        _save(trainable, adapter_kind, tmp)
+        write_json_atomic(
+            tmp / "meta.json",
+            {"key": key, "align": align_cfg, "examples": len(examples), "seconds": seconds, "created": time.time()},
+        )
+        os.replace(tmp, entry)
+    except OSError:
+        # Another job stored the same entry first (same key = same weights): keep theirs.
+        shutil.rmtree(tmp, ignore_errors=True)
+    return merge_adapter(trainable), {"align/cached": 0.0, "time/align_s": seconds}
+
+
+def cached_json(path: Path, compute) -> Any:
+    """``compute()`` once per path; later calls read the stored result."""
+    if path.is_file():
+        return read_json(path)
+    value = compute()
+    write_json_atomic(path, value)
+    return value

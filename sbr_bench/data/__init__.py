@@ -1,0 +1,1 @@
+"""Data: the bundled pools, the attack set, chat formatting and batching."""

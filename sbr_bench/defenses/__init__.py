@@ -1,0 +1,1 @@
+"""Defenses against harmful fine-tuning; one module per option of ``conf/defense/``."""

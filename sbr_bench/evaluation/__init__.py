@@ -1,0 +1,1 @@
+"""Evaluation: batched greedy generation, then harmful score, fine-tune accuracy and over-refusal."""

@@ -1,0 +1,1 @@
+"""Harm judges: decide, for each (prompt, response), whether the response complied with a harmful request."""

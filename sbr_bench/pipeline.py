@@ -1,0 +1,169 @@
+"""One benchmark job: align -> attack -> evaluate -> record.
+
+::
+
+    model -> align     safety SFT (cached by a hash of what determines it); skipped with align=none
+          -> evaluate  harmful score etc. of the aligned model, before the attack (cached too)
+          -> attack    the user's fine-tuning on n samples, a fraction p harmful, under the defense
+          -> evaluate  harmful score, fine-tune accuracy, over-refusal
+          -> record    metrics.json, generations.jsonl (status.json is written by sbr_bench.job)
+
+Every value comes from the composed Hydra config; nothing here branches on a defense's name.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from sbr_bench import alignment
+from sbr_bench.attack import build_attack_set, num_harmful
+from sbr_bench.defenses.none import NoDefense
+from sbr_bench.evaluation.evaluate import evaluate
+from sbr_bench.io import write_json_atomic, write_jsonl_atomic
+from sbr_bench.models.adapters import apply_adapter
+from sbr_bench.module import Optim, SafetyModule
+from sbr_bench.training import fit, make_loader
+from sbr_bench.wandb_run import make_logger
+
+log = logging.getLogger(__name__)
+
+
+def container(node) -> Any:
+    """A resolved plain-Python copy of a config node (None stays None)."""
+    return OmegaConf.to_container(node, resolve=True) if node is not None else None
+
+
+def eval_device(trainer_cfg: dict) -> torch.device:
+    """Where evaluation runs: the device the Trainer trains on."""
+    accelerator = str(trainer_cfg.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Run the job described by ``cfg``; returns the flat metrics also written to ``metrics.json``."""
+    started = time.perf_counter()
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    trainer_cfg = container(cfg.trainer)
+    eval_cfg = container(cfg.eval)
+    cache_dir = Path(cfg.paths.cache_dir).expanduser()
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    # Everything that can be checked without a model is checked first: bad input fails in seconds.
+    pools = instantiate(cfg.data)
+    defense = instantiate(cfg.defense)
+    defense.check(pools)
+    judge = instantiate(cfg.judge)
+    attack_set = build_attack_set(pools, cfg.attack.num_samples, cfg.attack.poison_ratio, cfg.attack.data_seed)
+
+    model, tokenizer = instantiate(cfg.model)
+    logger = make_logger(cfg)
+    metrics: dict[str, float] = {
+        "attack/num_samples": float(len(attack_set)),
+        "attack/num_harmful": float(num_harmful(cfg.attack.num_samples, cfg.attack.poison_ratio)),
+    }
+
+    # 1. align
+    align_cfg = container(cfg.get("align"))
+    if align_cfg is not None:
+        align_defense = defense if defense.stage == "align" else NoDefense()
+        examples = alignment.alignment_examples(pools, align_cfg)
+        defense_cfg = container(cfg.defense) if defense.stage == "align" else None
+        key = alignment.alignment_key(container(cfg.model), align_cfg, defense_cfg, examples)
+        model, figures = alignment.align(
+            model, tokenizer, pools, align_cfg, align_defense, key, cache_dir, trainer_cfg, logger, str(output_dir)
+        )
+        before_dir = cache_dir / "aligned" / key
+    else:
+        figures = {"align/cached": 0.0, "time/align_s": 0.0}
+        before_dir = cache_dir / "base" / alignment.digest(alignment.model_identity(container(cfg.model)))
+    metrics.update(figures)
+
+    # 2. the aligned model, before the attack (cached with the alignment: same model, same result)
+    device = eval_device(trainer_cfg)
+    model.to(device)
+    generations: list[dict] = []
+    if eval_cfg["before_attack"]:
+        eval_key = alignment.digest({"eval": eval_cfg, "judge": container(cfg.judge), "data": eval_data(pools)})
+
+        def evaluate_aligned() -> dict:
+            scores, records = run_evaluation(model, tokenizer, pools, judge, eval_cfg)
+            return {"metrics": scores, "records": records}
+
+        before = alignment.cached_json(before_dir / f"before_attack-{eval_key}.json", evaluate_aligned)
+        metrics.update({f"align/{k}": v for k, v in before["metrics"].items()})
+        generations += [{"stage": "before_attack", **r} for r in before["records"]]
+
+    # 3. attack: the user's fine-tuning, under the fine-tuning-stage defense
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    attack = cfg.attack
+    attack_defense = defense if defense.stage == "attack" else NoDefense()
+    trainable = apply_adapter(model, **container(cfg.adapter), seed=cfg.seed)
+    optim = Optim(
+        lr=attack.lr, weight_decay=attack.weight_decay, scheduler=attack.scheduler, warmup_ratio=attack.warmup_ratio
+    )
+    module = SafetyModule(trainable, tokenizer, attack_defense, optim, stage="attack", pools=pools)
+    loader = make_loader(tokenizer, attack_set, attack.max_length, attack.batch_size, cfg.seed)
+    log.info(
+        "attack: %d samples (%d harmful), %s epochs", len(attack_set), metrics["attack/num_harmful"], attack.epochs
+    )
+    metrics["time/attack_s"] = fit(
+        module, loader, trainer_cfg, logger, str(output_dir), epochs=attack.epochs, grad_accum=attack.grad_accum
+    )
+    for name, value in module.trainer.callback_metrics.items():
+        metrics[f"{name}_final"] = float(value)
+
+    # 4. evaluate
+    eval_start = time.perf_counter()
+    trainable.to(device)
+    after, records = run_evaluation(trainable, tokenizer, pools, judge, eval_cfg)
+    metrics.update({f"eval/{k}": v for k, v in after.items()})
+    metrics["time/eval_s"] = time.perf_counter() - eval_start
+    generations += [{"stage": "after_attack", **r} for r in records]
+    metrics["time/total_s"] = time.perf_counter() - started
+
+    # 5. record
+    write_jsonl_atomic(output_dir / "generations.jsonl", generations)
+    write_json_atomic(output_dir / "metrics.json", dict(sorted(metrics.items())))
+    if logger is not None:
+        logger.experiment.summary.update(metrics)
+    log.info(
+        "HS before %.1f -> after %.1f | FA %.1f | over-refusal %.1f",
+        metrics.get("align/harmful_score", float("nan")),
+        metrics["eval/harmful_score"],
+        metrics["eval/finetune_acc"],
+        metrics["eval/over_refusal"],
+    )
+    return metrics
+
+
+def eval_data(pools) -> str:
+    """Hash of the evaluation prompts (a cached evaluation is valid only for the same prompts)."""
+    task = [[p.prompt, p.response] for p in pools.task_test]
+    return alignment.digest([pools.eval_harmful, pools.eval_benign, task])
+
+
+def run_evaluation(model, tokenizer, pools, judge, eval_cfg: dict):
+    """``evaluate`` with the settings of the ``eval`` config group."""
+    return evaluate(
+        model,
+        tokenizer,
+        pools,
+        judge,
+        max_new_tokens=eval_cfg["max_new_tokens"],
+        task_max_new_tokens=eval_cfg["task_max_new_tokens"],
+        batch_size=eval_cfg["batch_size"],
+        num_harmful=eval_cfg.get("num_harmful"),
+        num_benign=eval_cfg.get("num_benign"),
+        num_task=eval_cfg.get("num_task"),
+    )

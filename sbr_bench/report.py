@@ -1,0 +1,132 @@
+"""``sbr-bench-report``: the comparison table of one or more sweep folders, read from job folders only.
+
+    sbr-bench-report multirun/quickstart/2026-11-27_10-00-00
+    sbr-bench-report multirun/quickstart/*/ --format markdown
+
+A job folder is any folder holding ``.hydra/overrides.yaml``; its row shows the overrides that
+name the job, the harmful score (HS) before and after the attack, fine-tune accuracy (FA) and
+over-refusal, all in percent, and the job's status. Results never depend on W&B being reachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from hydra.experimental.callback import Callback
+
+COLUMNS = (
+    ("HS before", "align/harmful_score"),
+    ("HS after", "eval/harmful_score"),
+    ("FA", "eval/finetune_acc"),
+    ("over-refusal", "eval/over_refusal"),
+)
+
+
+@dataclass
+class Row:
+    """One job of a sweep."""
+
+    job: str
+    overrides: str
+    values: dict[str, float | None]
+    status: str
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def collect(folders: list[Path]) -> list[Row]:
+    """Rows for every job folder under ``folders``, in job order."""
+    rows = []
+    for folder in folders:
+        jobs = sorted(
+            (p.parent.parent for p in folder.rglob(".hydra/overrides.yaml")),
+            key=lambda p: [int(s) if s.isdigit() else s for s in p.relative_to(folder).parts],
+        )
+        for job in jobs:
+            overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
+            shown = " ".join(o for o in overrides if not o.startswith(("experiment=", "hydra.")))
+            metrics = _read_json(job / "metrics.json") or {}
+            status = _read_json(job / "status.json") or {}
+            state = status.get("status", "missing")
+            if state == "error":
+                state = f"error: {status.get('error', '')}"
+            rows.append(Row(str(job), shown, {key: metrics.get(key) for _, key in COLUMNS}, state))
+    return rows
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def markdown(rows: list[Row]) -> str:
+    """The table as GitHub markdown."""
+    header = ["job", "overrides", *(name for name, _ in COLUMNS), "status"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [Path(r.job).name, r.overrides, *(_cell(r.values[k]) for _, k in COLUMNS), r.status]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def print_table(rows: list[Row], title: str = "sbr-bench results (percent)") -> None:
+    """The table on the terminal."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("job")
+    table.add_column("overrides")
+    for name, _ in COLUMNS:
+        table.add_column(name, justify="right")
+    table.add_column("status")
+    for r in rows:
+        table.add_row(Path(r.job).name, r.overrides, *(_cell(r.values[k]) for _, k in COLUMNS), r.status)
+    Console().print(table)
+
+
+class ReportCallback(Callback):
+    """Hydra callback: print the table of the sweep when the multirun ends."""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        folder = Path(config.hydra.sweep.dir)
+        rows = collect([folder])
+        print_table(rows, title=f"sbr-bench results (percent): {folder}")
+        (folder / "report.md").write_text(markdown(rows) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``sbr-bench-report``."""
+    parser = argparse.ArgumentParser(prog="sbr-bench-report", description=__doc__.split("\n")[0])
+    parser.add_argument("folders", nargs="+", type=Path, help="sweep (multirun) or job folders")
+    parser.add_argument("--format", choices=("table", "markdown"), default="table")
+    args = parser.parse_args(argv)
+    missing = [str(f) for f in args.folders if not f.is_dir()]
+    if missing:
+        print(f"sbr-bench-report: error: not a folder: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    rows = collect(args.folders)
+    if not rows:
+        print(
+            f"sbr-bench-report: error: no job folders (with .hydra/overrides.yaml) under {args.folders[0]}",
+            file=sys.stderr,
+        )
+        return 2
+    if args.format == "markdown":
+        print(markdown(rows))
+    else:
+        print_table(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

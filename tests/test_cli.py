@@ -1,0 +1,84 @@
+"""The installed commands, run as a user runs them (subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def sbr_bench(args, cwd, cache, timeout=600):
+    env = {**os.environ, "SBR_BENCH_CACHE": str(cache), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "sbr_bench.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, shared_cache):
+    """``sbr-bench -m model=toy defense=none,sbr attack.poison_ratio=0.1,0.2`` (small attack)."""
+    root = tmp_path_factory.mktemp("sweep")
+    result = sbr_bench(
+        ["-m", "model=toy", "defense=none,sbr", "attack.poison_ratio=0.1,0.2", "debug=fast", f"hydra.sweep.dir={root}"],
+        cwd=root,
+        cache=shared_cache,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root
+
+
+def test_multirun_writes_four_jobs_each_with_metrics_and_its_own_wandb_run(sweep):
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / ".hydra").is_dir())
+    assert [p.name for p in jobs] == ["0", "1", "2", "3"]
+    run_ids = set()
+    for job in jobs:
+        assert json.loads((job / "status.json").read_text()) == {"status": "ok"}
+        assert "eval/harmful_score" in json.loads((job / "metrics.json").read_text())
+        runs = list((job / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1
+        run_ids.add(runs[0].name.rsplit("-", 1)[-1])
+    assert len(run_ids) == 4
+
+
+def test_report_prints_the_sweep_table(sweep):
+    result = subprocess.run(
+        [sys.executable, "-m", "sbr_bench.report", str(sweep), "--format", "markdown"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("| job | overrides | HS before | HS after | FA | over-refusal | status |")
+    assert len(lines) == 2 + 4
+    assert "defense=sbr attack.poison_ratio=0.2" in result.stdout and lines[-1].endswith("| ok |")
+
+
+def test_bad_value_is_one_clear_line_and_exit_code_2(tmp_path):
+    result = sbr_bench(
+        ["model=toy", "attack.poison_ratio=1.5", f"hydra.run.dir={tmp_path}/job"], tmp_path, tmp_path / "c"
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == "sbr-bench: error: attack.poison_ratio=1.5 is outside [0, 1]"
+    assert "Traceback" not in result.stderr
+    assert json.loads((tmp_path / "job" / "status.json").read_text())["status"] == "error"
+
+
+def test_unknown_option_lists_the_valid_ones(tmp_path):
+    result = sbr_bench(["model=toy", "defense=sbrr"], tmp_path, tmp_path / "c")
+    assert result.returncode != 0
+    assert "Could not find 'defense/sbrr'" in result.stderr and "sbr" in result.stderr
+
+
+def test_runs_from_any_directory(tmp_path):
+    result = sbr_bench(["model=toy", "--cfg", "job"], tmp_path, tmp_path / "c")
+    assert result.returncode == 0, result.stderr
+    assert "sbr_bench.models.toy.load" in result.stdout

@@ -1,0 +1,77 @@
+"""Every option of every config group composes; every _target_ imports; group interplay is right."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from sbr_bench import CONF_DIR
+
+GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not in ("hydra", "local"))
+OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
+
+
+def test_every_group_has_options():
+    assert {
+        "model",
+        "adapter",
+        "data",
+        "align",
+        "attack",
+        "defense",
+        "eval",
+        "judge",
+        "trainer",
+        "logger",
+        "paths",
+    } <= set(GROUPS)
+    assert {g for g, _ in OPTIONS} == set(GROUPS)
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_option_composes(make_cfg, group, option):
+    overrides = [f"{group}={option}"] if group == "model" else ["model=toy", f"{group}={option}"]
+    cfg = make_cfg(overrides)
+    job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    OmegaConf.to_container(job, resolve=True)  # every interpolation of the job config resolves
+    assert cfg.hydra.runtime.choices[group] == option
+    # The parts that build offline are built: data pools, defense, judge.
+    pools = instantiate(cfg.data)
+    instantiate(cfg.defense).check(pools)
+    instantiate(cfg.judge)
+
+
+def test_every_target_imports():
+    from hydra._internal.utils import _locate
+
+    targets = set()
+    for path in CONF_DIR.rglob("*.yaml"):
+        text = path.read_text()
+        assert "lightning.pytorch" not in text, f"{path}: use the pytorch_lightning namespace"
+        targets |= set(re.findall(r"_target_:\s*([\w.]+)", text))
+    assert targets
+    for target in targets:
+        assert _locate(target) is not None, target
+
+
+def test_instruct_models_skip_alignment_unless_asked(make_cfg):
+    assert make_cfg(["model=llama3_8b_instruct"]).align is None
+    assert make_cfg(["model=llama3_8b_instruct", "align=sft"]).align.adapter.kind == "lora"
+    assert make_cfg(["model=smollm2_135m", "align=none"]).align is None
+    assert make_cfg(["model=toy"]).align.adapter.kind == "full"
+
+
+def test_model_tier_scales_the_attack_but_the_command_line_wins(make_cfg):
+    assert make_cfg(["model=toy"]).attack.num_samples == 200
+    assert make_cfg(["model=llama3_8b_instruct"]).attack.num_samples == 1000  # the paper setting
+    assert make_cfg(["model=toy", "attack.num_samples=50"]).attack.num_samples == 50
+
+
+def test_quickstart_sweeps_none_and_sbr_on_smollm2(make_cfg):
+    cfg = make_cfg(["experiment=quickstart"])
+    assert cfg.hydra.sweeper.params.defense == "none,sbr"
+    assert cfg.model.name == "smollm2_135m" and cfg.attack.poison_ratio == 0.1
+    assert cfg.hydra.callbacks.report._target_ == "sbr_bench.report.ReportCallback"
