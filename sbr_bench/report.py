@@ -64,18 +64,30 @@ def collect(folders: list[Path]) -> list[Row]:
     return rows
 
 
+def varying(rows: list[Row]) -> tuple[list[Row], str]:
+    """Rows showing only the overrides that differ between jobs, and the ones they all share."""
+    split = [r.overrides.split() for r in rows]
+    common = [o for o in split[0] if all(o in s for s in split[1:])] if len(rows) > 1 else []
+    shown = [
+        Row(r.job, " ".join(o for o in s if o not in common), r.values, r.status)
+        for r, s in zip(rows, split, strict=True)
+    ]
+    return shown, " ".join(common)
+
+
 def _cell(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
 def markdown(rows: list[Row]) -> str:
-    """The table as GitHub markdown."""
+    """The table as GitHub markdown (overrides shared by every job are said once, above it)."""
+    rows, common = varying(rows)
     header = ["job", "overrides", *(name for name, _ in COLUMNS), "status"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         cells = [Path(r.job).name, r.overrides, *(_cell(r.values[k]) for _, k in COLUMNS), r.status]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return (f"all jobs: {common}\n\n" if common else "") + "\n".join(lines)
 
 
 def print_table(rows: list[Row], title: str = "sbr-bench results (percent)") -> None:
@@ -83,15 +95,16 @@ def print_table(rows: list[Row], title: str = "sbr-bench results (percent)") -> 
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title)
+    rows, common = varying(rows)
+    table = Table(title=title, caption=f"all jobs: {common}" if common else None)
     table.add_column("job")
-    table.add_column("overrides")
+    table.add_column("overrides", no_wrap=True)
     for name, _ in COLUMNS:
         table.add_column(name, justify="right")
     table.add_column("status")
     for r in rows:
         table.add_row(Path(r.job).name, r.overrides, *(_cell(r.values[k]) for _, k in COLUMNS), r.status)
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 200).print(table)  # files and pipes: no wrapping
 
 
 class ReportCallback(Callback):

