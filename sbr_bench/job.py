@@ -27,6 +27,15 @@ def is_multirun() -> bool:
         return False
 
 
+def user_error(err: BaseException) -> ConfigError | None:
+    """The ConfigError behind ``err``, if any (Hydra's instantiate wraps what a constructor raises)."""
+    while err is not None:
+        if isinstance(err, ConfigError):
+            return err
+        err = err.__cause__
+    return None
+
+
 def run_job(cfg: DictConfig) -> float:
     """Run the pipeline; always leave ``status.json`` and a finished W&B run behind.
 
@@ -39,14 +48,13 @@ def run_job(cfg: DictConfig) -> float:
     try:
         metrics = pipeline.run(cfg)
     except Exception as err:
-        write_json_atomic(
-            status_path,
-            {"status": "error", "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()},
-        )
+        cause = user_error(err)
+        message = str(cause) if cause else f"{type(err).__name__}: {err}"
+        write_json_atomic(status_path, {"status": "error", "error": message, "traceback": traceback.format_exc()})
         finish_run(failed=True)
-        if isinstance(err, ConfigError) and not is_multirun():
+        if cause and not is_multirun():
             # Bad input: one line saying what is wrong and how to fix it, no traceback wall.
-            print(f"sbr-bench: error: {err}", file=sys.stderr)
+            print(f"sbr-bench: error: {message}", file=sys.stderr)
             raise SystemExit(2) from None
         log.error("job failed: %s: %s", type(err).__name__, err)
         raise

@@ -73,6 +73,15 @@ def test_bad_value_is_one_clear_line_and_exit_code_2(tmp_path):
     assert json.loads((tmp_path / "job" / "status.json").read_text())["status"] == "error"
 
 
+def test_bad_value_inside_a_constructor_is_one_clear_line_too(tmp_path):
+    """Hydra's instantiate wraps what a constructor raises; the user still sees one line."""
+    result = sbr_bench(
+        ["model=toy", "defense=sbr", "defense.lam=-1", f"hydra.run.dir={tmp_path}/job"], tmp_path, tmp_path / "c"
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["sbr-bench: error: defense.lam=-1 must be >= 0"]
+
+
 def test_unknown_option_lists_the_valid_ones(tmp_path):
     result = sbr_bench(["model=toy", "defense=sbrr"], tmp_path, tmp_path / "c")
     assert result.returncode != 0
