@@ -106,6 +106,7 @@ def align(
     model,
     tokenizer,
     pools: Pools,
+    examples: list[Pair],
     align_cfg: dict,
     defense,
     key: str,
@@ -121,7 +122,7 @@ def align(
         log.info("alignment: reusing %s", entry)
         return _load(model, adapter_kind, entry), {"align/cached": 1.0, "time/align_s": 0.0}
 
-    examples = alignment_examples(pools, align_cfg)
+    started = time.perf_counter()
     if align_cfg.get("benign_targets", "bundled") == "self":
         benign = set(pools.align_benign)
         distilled = iter(
@@ -133,7 +134,7 @@ def align(
     trainable = apply_adapter(model, **align_cfg["adapter"], seed=align_cfg["seed"])
     module = SafetyModule(trainable, tokenizer, defense, Optim(**align_cfg["optim"]), stage="align", pools=pools)
     loader = make_loader(tokenizer, examples, align_cfg["max_length"], align_cfg["batch_size"], align_cfg["seed"])
-    seconds = fit(
+    fit(
         module,
         loader,
         trainer_cfg,
@@ -143,20 +144,26 @@ def align(
         max_steps=align_cfg.get("max_steps"),
         grad_accum=align_cfg.get("grad_accum", 1),
     )
+    seconds = time.perf_counter() - started
+    store(
+        trainable, adapter_kind, entry, {"key": key, "align": align_cfg, "examples": len(examples), "seconds": seconds}
+    )
+    return merge_adapter(trainable), {"align/cached": 0.0, "time/align_s": seconds}
 
+
+def store(model, adapter_kind: str, entry: Path, meta: dict) -> None:
+    """Write the entry into a temporary folder, then rename it into place in one step."""
     entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=entry.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=entry.parent))
     try:
-        _save(trainable, adapter_kind, tmp)
-        write_json_atomic(
-            tmp / "meta.json",
-            {"key": key, "align": align_cfg, "examples": len(examples), "seconds": seconds, "created": time.time()},
-        )
+        _save(model, adapter_kind, tmp)
+        write_json_atomic(tmp / "meta.json", {**meta, "created": time.time()})
         os.replace(tmp, entry)
     except OSError:
-        # Another job stored the same entry first (same key = same weights): keep theirs.
         shutil.rmtree(tmp, ignore_errors=True)
-    return merge_adapter(trainable), {"align/cached": 0.0, "time/align_s": seconds}
+        if not (entry / "meta.json").is_file():
+            raise
+        # Another job stored the same entry first (same key, same weights): keep theirs.
 
 
 def cached_json(path: Path, compute) -> Any:

@@ -81,7 +81,17 @@ def run(cfg: DictConfig) -> dict[str, float]:
         defense_cfg = container(cfg.defense) if defense.stage == "align" else None
         key = alignment.alignment_key(container(cfg.model), align_cfg, defense_cfg, examples)
         model, figures = alignment.align(
-            model, tokenizer, pools, align_cfg, align_defense, key, cache_dir, trainer_cfg, logger, str(output_dir)
+            model,
+            tokenizer,
+            pools,
+            examples,
+            align_cfg,
+            align_defense,
+            key,
+            cache_dir,
+            trainer_cfg,
+            logger,
+            str(output_dir),
         )
         before_dir = cache_dir / "aligned" / key
     else:
