@@ -69,10 +69,6 @@ class Pools:
     task_test: list[Pair]
     task_labels: tuple[str, ...] = SENTIMENT_LABELS
 
-    def sizes(self) -> dict[str, int]:
-        """Pool name -> number of items."""
-        return {name: len(getattr(self, name)) for name in self.__dataclass_fields__ if name != "task_labels"}
-
 
 def bundled_file(name: str) -> Path:
     """Path of a bundled data file (shipped as package data)."""
