@@ -32,7 +32,7 @@ from sbr_bench.evaluation.generate import greedy_generate
 from sbr_bench.io import read_json, write_json_atomic
 from sbr_bench.models.adapters import apply_adapter, merge_adapter
 from sbr_bench.module import Optim, SafetyModule
-from sbr_bench.training import fit, make_loader
+from sbr_bench.training import fit, stage_loaders
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +132,11 @@ def align(
     log.info("alignment: training on %d examples (cache entry %s)", len(examples), key)
     pl.seed_everything(align_cfg["seed"], workers=True, verbose=False)
     trainable = apply_adapter(model, **align_cfg["adapter"], seed=align_cfg["seed"])
-    module = SafetyModule(trainable, tokenizer, defense, Optim(**align_cfg["optim"]), stage="align", pools=pools)
-    loader = make_loader(tokenizer, examples, align_cfg["max_length"], align_cfg["batch_size"], align_cfg["seed"])
+    loader, streams = stage_loaders(
+        defense, pools, examples, tokenizer, align_cfg["max_length"], align_cfg["batch_size"], align_cfg["seed"]
+    )
+    optim = Optim(**align_cfg["optim"])
+    module = SafetyModule(trainable, tokenizer, defense, optim, stage="align", pools=pools, streams=streams)
     fit(
         module,
         loader,

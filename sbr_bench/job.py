@@ -58,6 +58,6 @@ def run_job(cfg: DictConfig) -> float:
             raise SystemExit(2) from None
         log.error("job failed: %s: %s", type(err).__name__, err)
         raise
-    write_json_atomic(status_path, {"status": "ok"})
+    write_json_atomic(status_path, {"status": "ok", "defenses": pipeline.defense_names(cfg)})
     finish_run(failed=False)
     return metrics["eval/harmful_score"]

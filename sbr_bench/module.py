@@ -2,18 +2,22 @@
 
 ``loss = response-only task loss + sum of the defense's named terms``; every term is logged
 separately as ``<stage>/loss_<name>``, next to ``<stage>/loss_task`` and ``<stage>/loss``.
-A defense that needs several passes per step (``manual_optimization``) gets the whole step.
+A defense that needs several passes per step (``manual_optimization``) computes the micro-batch's
+gradient itself; the module then accumulates and steps exactly as Lightning does otherwise
+(Lightning refuses ``accumulate_grad_batches`` under manual optimization, so the module counts).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.data import DataLoader
 
 from sbr_bench.data.formatting import IGNORE_INDEX
 from sbr_bench.defenses.base import Defense
@@ -56,7 +60,16 @@ def lr_lambda(scheduler: str, total_steps: int, warmup_steps: int):
 class SafetyModule(pl.LightningModule):
     """Wraps a causal LM for one training stage (``align`` or ``attack``)."""
 
-    def __init__(self, model, tokenizer, defense: Defense, optim: Optim, stage: str, pools=None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        defense: Defense,
+        optim: Optim,
+        stage: str,
+        pools=None,
+        streams: dict[str, DataLoader] | None = None,
+    ):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
@@ -64,13 +77,41 @@ class SafetyModule(pl.LightningModule):
         self.optim = optim
         self.stage = stage
         self.pools = pools
+        self.streams = streams or {}
         self.automatic_optimization = not defense.manual_optimization
+        self.grad_accum = 1  # micro-batches per optimizer step; set by training.fit
         self._batch_idx = 0
+        self._stream_iters: dict[str, Iterator] = {}
 
     def on_fit_start(self) -> None:
         # from_pretrained returns eval mode and Lightning 2.6 no longer switches sub-modules.
         self.model.train()
         self.defense.setup(self)
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """The parameters this stage updates (the LoRA matrices, or every weight)."""
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def extra_batch(self, name: str) -> dict[str, torch.Tensor]:
+        """The next batch of the defense's extra dataset ``name``, on the model's device; cycles forever."""
+        if name not in self.streams:
+            raise KeyError(f"{type(self.defense).__name__} asked for extra data {name!r}, which extra_data() lacks")
+        try:
+            batch = next(self._stream_iters[name])
+        except (KeyError, StopIteration):
+            self._stream_iters[name] = iter(self.streams[name])  # a new epoch: the loader reshuffles
+            batch = next(self._stream_iters[name])
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def accumulate_backward(self, loss: torch.Tensor) -> None:
+        """Manual optimization: accumulate ``loss``'s gradient, divided by the micro-batches per step."""
+        self.manual_backward(loss / self.grad_accum)
+
+    def accumulate_grads(self, params: list[torch.nn.Parameter], grads: list[torch.Tensor]) -> None:
+        """Manual optimization: accumulate given gradients into ``.grad``, divided like ``accumulate_backward``."""
+        for p, g in zip(params, grads, strict=True):
+            g = g.detach() / self.grad_accum
+            p.grad = g.clone() if p.grad is None else p.grad.add_(g)
 
     def task_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean cross-entropy over response tokens (prompt and padding are labelled -100).
@@ -89,18 +130,27 @@ class SafetyModule(pl.LightningModule):
 
     def micro_batch_position(self) -> tuple[int, int, int]:
         """(index in the accumulation window, micro-batches in this window, accumulate_grad_batches)."""
-        accumulate = self.trainer.accumulate_grad_batches
+        accumulate = self.grad_accum
         start = self._batch_idx - self._batch_idx % accumulate
         window = min(accumulate, self.trainer.num_training_batches - start)
         return self._batch_idx - start, window, accumulate
 
     def training_step(self, batch, batch_idx):
         self._batch_idx = batch_idx
+        batch = self.defense.select_batch(self, batch)
         if self.defense.manual_optimization:
             losses = self.defense.training_step(self, batch)
             self._log_losses(losses, batch)
+            position, window, _ = self.micro_batch_position()
+            if position == window - 1:
+                optimizer = self.optimizers()
+                optimizer.step()
+                optimizer.zero_grad()
+                self.lr_schedulers().step()
             return None
-        task = self.task_loss(batch)
+        task = self.defense.task_loss(self, batch)
+        if task is None:
+            task = self.task_loss(batch)
         terms = self.defense.loss_terms(self, batch)
         total = task + sum(terms.values()) if terms else task
         self._log_losses({"task": task, **terms}, batch, total)
@@ -119,9 +169,18 @@ class SafetyModule(pl.LightningModule):
             self.log(f"{self.stage}/loss", total.detach(), prog_bar=True, batch_size=size)
 
     def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
+        params = self.trainable_parameters()
         optimizer = torch.optim.AdamW(params, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+        total = self.total_steps()
         warmup = int(self.optim.warmup_ratio * total)
         schedule = LambdaLR(optimizer, lr_lambda(self.optim.scheduler, total, warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole stage (the LR schedule's length, Lisa's budget)."""
+        trainer = self.trainer
+        estimated = int(trainer.estimated_stepping_batches)  # also loads the train data: batch count known
+        if self.automatic_optimization or (trainer.max_steps and trainer.max_steps > 0):
+            return max(1, estimated)
+        per_epoch = math.ceil(trainer.num_training_batches / self.grad_accum)
+        return max(1, per_epoch * trainer.max_epochs)

@@ -5,10 +5,14 @@
     model -> align     safety SFT (cached by a hash of what determines it); skipped with align=none
           -> evaluate  harmful score etc. of the aligned model, before the attack (cached too)
           -> attack    the user's fine-tuning on n samples, a fraction p harmful, under the defense
+          -> repair    post-fine-tuning defenses (none built in yet)
           -> evaluate  harmful score, fine-tune accuracy, over-refusal
           -> record    metrics.json, generations.jsonl (status.json is written by sbr_bench.job)
 
 Every value comes from the composed Hydra config; nothing here branches on a defense's name.
+Each defense acts in the stage it names; ``defense`` and the optional ``stack`` slot
+(``defense@stack=<option>``) stack two defenses of different stages in one job, for example
+``defense=sbr defense@stack=vaccine`` (Vaccine alignment, SBR during the attack).
 """
 
 from __future__ import annotations
@@ -25,12 +29,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from sbr_bench import alignment
 from sbr_bench.attack import build_attack_set, num_harmful
+from sbr_bench.defenses.base import Defense
 from sbr_bench.defenses.none import NoDefense
+from sbr_bench.errors import ConfigError
 from sbr_bench.evaluation.evaluate import evaluate
 from sbr_bench.io import write_json_atomic, write_jsonl_atomic
 from sbr_bench.models.adapters import apply_adapter
 from sbr_bench.module import Optim, SafetyModule
-from sbr_bench.training import fit, make_loader
+from sbr_bench.training import fit, stage_loaders
 from sbr_bench.wandb_run import make_logger
 
 log = logging.getLogger(__name__)
@@ -49,6 +55,53 @@ def eval_device(trainer_cfg: dict) -> torch.device:
     return torch.device("cpu")
 
 
+DEFENSE_SLOTS = ("defense", "stack")
+STAGES = ("align", "attack", "post")
+
+
+def stage_defenses(cfg: DictConfig) -> dict[str, tuple[Defense, dict | None]]:
+    """The defense of every stage with its resolved config (``NoDefense`` and ``None`` where none acts)."""
+    chosen: dict[str, tuple[str, Defense, dict]] = {}
+    for slot in DEFENSE_SLOTS:
+        node = cfg.get(slot)
+        if node is None:
+            continue
+        defense = instantiate(node)
+        if not isinstance(defense, Defense):
+            raise ConfigError(f"{slot}: {node.get('_target_')} is not a sbr_bench.defenses.base.Defense subclass")
+        if isinstance(defense, NoDefense):
+            continue
+        if defense.stage not in STAGES:
+            raise ConfigError(f"{slot}: stage {defense.stage!r} is not one of: {', '.join(STAGES)}")
+        if defense.stage in chosen:
+            other = chosen[defense.stage][0]
+            raise ConfigError(
+                f"{other} and {slot} both act in the {defense.stage} stage; stack defenses of different stages "
+                f"(e.g. defense=sbr defense@stack=vaccine)"
+            )
+        chosen[defense.stage] = (slot, defense, container(node))
+    return {stage: (chosen[stage][1], chosen[stage][2]) if stage in chosen else (NoDefense(), None) for stage in STAGES}
+
+
+def defense_names(cfg: DictConfig) -> dict[str, str]:
+    """Which option acts in which stage, e.g. ``{"align": "vaccine", "attack": "sbr"}``, for the record."""
+    choices = {}
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        choices = HydraConfig.get().runtime.choices
+    except ValueError:  # HydraConfig not set (a test calling the pipeline directly)
+        pass
+    names = {}
+    for slot, key in zip(DEFENSE_SLOTS, ("defense", "defense@stack"), strict=True):
+        node = cfg.get(slot)
+        if node is None or node.get("_target_") == "sbr_bench.defenses.none.NoDefense":
+            continue
+        stage = instantiate(node).stage
+        names[stage] = choices.get(key) or str(node.get("_target_")).rsplit(".", 1)[-1]
+    return names
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     """Run the job described by ``cfg``; returns the flat metrics also written to ``metrics.json``."""
     started = time.perf_counter()
@@ -61,8 +114,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     # Everything that can be checked without a model is checked first: bad input fails in seconds.
     pools = instantiate(cfg.data)
-    defense = instantiate(cfg.defense)
-    defense.check(pools)
+    defenses = stage_defenses(cfg)
+    for defense, _ in defenses.values():
+        defense.check(pools)
     judge = instantiate(cfg.judge)
     attack_set = build_attack_set(pools, cfg.attack.num_samples, cfg.attack.poison_ratio, cfg.attack.data_seed)
 
@@ -75,11 +129,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     # 1. align
     align_cfg = container(cfg.get("align"))
+    align_defense, align_defense_cfg = defenses["align"]
+    if align_cfg is None and align_defense_cfg is not None:
+        raise ConfigError(f"{type(align_defense).__name__} acts in the alignment stage, which align=none skips")
     if align_cfg is not None:
-        align_defense = defense if defense.stage == "align" else NoDefense()
         examples = alignment.alignment_examples(pools, align_cfg)
-        defense_cfg = container(cfg.defense) if defense.stage == "align" else None
-        key = alignment.alignment_key(container(cfg.model), align_cfg, defense_cfg, examples)
+        key = alignment.alignment_key(container(cfg.model), align_cfg, align_defense_cfg, examples)
         model, figures = alignment.align(
             model,
             tokenizer,
@@ -117,21 +172,28 @@ def run(cfg: DictConfig) -> dict[str, float]:
     # 3. attack: the user's fine-tuning, under the fine-tuning-stage defense
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     attack = cfg.attack
-    attack_defense = defense if defense.stage == "attack" else NoDefense()
+    attack_defense = defenses["attack"][0]
     trainable = apply_adapter(model, **container(cfg.adapter), seed=cfg.seed)
     optim = Optim(
         lr=attack.lr, weight_decay=attack.weight_decay, scheduler=attack.scheduler, warmup_ratio=attack.warmup_ratio
     )
-    module = SafetyModule(trainable, tokenizer, attack_defense, optim, stage="attack", pools=pools)
-    loader = make_loader(tokenizer, attack_set, attack.max_length, attack.batch_size, cfg.seed)
+    loader, streams = stage_loaders(
+        attack_defense, pools, attack_set, tokenizer, attack.max_length, attack.batch_size, cfg.seed
+    )
+    module = SafetyModule(trainable, tokenizer, attack_defense, optim, stage="attack", pools=pools, streams=streams)
     log.info(
-        "attack: %d samples (%d harmful), %s epochs", len(attack_set), metrics["attack/num_harmful"], attack.epochs
+        "attack: %d samples (%d harmful) + %d mixed in by the defense, %s epochs",
+        len(attack_set),
+        metrics["attack/num_harmful"],
+        len(loader.dataset) - len(attack_set),
+        attack.epochs,
     )
     metrics["time/attack_s"] = fit(
         module, loader, trainer_cfg, logger, str(output_dir), epochs=attack.epochs, grad_accum=attack.grad_accum
     )
     for name, value in module.trainer.callback_metrics.items():
         metrics[f"{name}_final"] = float(value)
+    defenses["post"][0].repair(trainable)
 
     # 4. evaluate
     eval_start = time.perf_counter()

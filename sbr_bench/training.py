@@ -30,6 +30,23 @@ def make_loader(tokenizer, pairs: Sequence[Pair], max_length: int, batch_size: i
     )
 
 
+def stage_loaders(
+    defense, pools, pairs: Sequence[Pair], tokenizer, max_length: int, batch_size: int, seed: int
+) -> tuple[DataLoader, dict[str, DataLoader]]:
+    """The stage's loader (its pairs plus the defense's ``"mix"`` data) and one loader per extra stream.
+
+    Each stream is shuffled with its own seed derived from the stage's, so adding a stream never
+    changes the order of the stage's own batches.
+    """
+    extra = dict(defense.extra_data(pools))
+    loader = make_loader(tokenizer, [*pairs, *extra.pop("mix", [])], max_length, batch_size, seed)
+    streams = {
+        name: make_loader(tokenizer, extra[name], max_length, batch_size, seed + 1 + i)
+        for i, name in enumerate(sorted(extra))
+    }
+    return loader, streams
+
+
 def fit(
     module: SafetyModule,
     loader: DataLoader,
@@ -43,11 +60,13 @@ def fit(
     """Train ``module`` for ``max_steps`` optimizer steps if given, else ``epochs`` epochs; returns seconds."""
     if max_steps is None and epochs is None:
         raise ConfigError("a training stage needs epochs or max_steps")
+    module.grad_accum = grad_accum
     trainer = pl.Trainer(
         **trainer_cfg,
         max_epochs=-1 if max_steps else epochs,
         max_steps=max_steps or -1,
-        accumulate_grad_batches=grad_accum,
+        # Under manual optimization the module accumulates itself (Lightning refuses to).
+        accumulate_grad_batches=grad_accum if module.automatic_optimization else 1,
         logger=logger if logger is not None else False,
         default_root_dir=output_dir,
         enable_checkpointing=False,  # weights are saved by the pipeline (adapter only), not as Lightning checkpoints

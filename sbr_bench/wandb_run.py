@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 def run_name(cfg: DictConfig) -> str:
-    """Readable name from the group choices and the seed, e.g. ``sbr-p0.1-smollm2_135m-s0``."""
+    """Readable name from the group choices and the seed, e.g. ``sbr+vaccine-hft-p0.1-smollm2_135m-s0``."""
     choices = {}
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -25,6 +25,8 @@ def run_name(cfg: DictConfig) -> str:
     except ValueError:  # HydraConfig not set (a test calling the pipeline directly)
         pass
     defense = choices.get("defense", "defense")
+    if choices.get("defense@stack"):
+        defense += f"+{choices['defense@stack']}"
     model = choices.get("model", "model")
     return f"{defense}-{choices.get('attack', 'attack')}-p{cfg.attack.poison_ratio}-{model}-s{cfg.seed}"
 

@@ -43,7 +43,7 @@ def test_multirun_writes_four_jobs_each_with_metrics_and_its_own_wandb_run(sweep
     assert [p.name for p in jobs] == ["0", "1", "2", "3"]
     run_ids = set()
     for job in jobs:
-        assert json.loads((job / "status.json").read_text()) == {"status": "ok"}
+        assert json.loads((job / "status.json").read_text())["status"] == "ok"
         assert "eval/harmful_score" in json.loads((job / "metrics.json").read_text())
         runs = list((job / "wandb").glob("offline-run-*"))
         assert len(runs) == 1

@@ -15,6 +15,9 @@ Pools (sizes from ``conf/data/bundled.yaml``):
 pool               content                                        used by
 =================  =============================================  ===============================
 align_harmful      harmful prompt -> refusal                      alignment stage
+align_compliant    the same prompts -> compliant answer           alignment-stage defenses that
+                                                                  need harmful data (RepNoise,
+                                                                  Booster)
 align_benign       benign prompt -> helpful answer                alignment stage
 attack_harmful     harmful prompt -> compliant answer             the attack's poisoned samples
 anchors            harmful prompts                                SBR anchor pool
@@ -60,6 +63,7 @@ class Pools:
     """Every disjoint pool of the bundled data, plus the task's label set."""
 
     align_harmful: list[Pair]
+    align_compliant: list[Pair]
     align_benign: list[Pair]
     attack_harmful: list[Pair]
     anchors: list[str]
@@ -181,6 +185,7 @@ def load_pools(
 
     return Pools(
         align_harmful=[Pair(r["prompt"], r["refusal"], r["category"]) for r in hp["align"]],
+        align_compliant=[Pair(r["prompt"], r["compliant"], r["category"]) for r in hp["align"]],
         align_benign=[Pair(r["prompt"], r["response"], r["topic"]) for r in bp["align"]],
         attack_harmful=[Pair(r["prompt"], r["compliant"], r["category"]) for r in hp["attack"]],
         anchors=[r["prompt"] for r in hp["anchors"]],

@@ -8,23 +8,33 @@ every hook is a no-op by default.
   or ``"post"`` (repair after fine-tuning).
 - ``check(pools)``: validate the defense's settings against the data before any training, so a
   bad value fails in the first second instead of after the alignment stage.
+- ``extra_data(pools)``: named datasets (lists of ``Pair``) the defense needs beside the stage's
+  own. The name ``"mix"`` is special: those pairs are added to the stage's training data
+  (safety-data mixing). Every other name becomes a stream of batches, shuffled with the stage's
+  seed, batch size and length, that the defense draws from with ``module.extra_batch(name)``
+  (Lisa's alignment data, Booster's and RepNoise's harmful data).
 - ``setup(module)``: once the model is on its device, before the first step of the stage: cache
   references (SBR's anchor states), copy reference weights, compute Fisher information.
+- ``select_batch(module, batch)``: the batch this step trains on (Lisa swaps in alignment batches).
+- ``task_loss(module, batch)``: a replacement for the response-only cross-entropy, or ``None`` to
+  keep it (constrained SFT reweights it token by token).
 - ``loss_terms(module, batch)``: named, already weighted terms added to the task loss; the module
   logs each one.
-- ``extra_data()``: datasets the defense needs beside the stage's own.
 - ``training_step(module, batch)``: only for defenses that need several forward/backward passes
-  per step (Vaccine, Booster); setting ``manual_optimization = True`` makes the module hand the
-  whole step over. This is the documented exception, not the rule.
+  per step (Vaccine, Booster); ``manual_optimization = True`` makes the module hand over the
+  micro-batch. The defense leaves this micro-batch's gradient, already divided by the number of
+  micro-batches per step (``module.accumulate_backward`` and ``module.accumulate_grads`` do that), in ``.grad`` and
+  returns its losses for logging; the module steps the optimizer at the end of the accumulation
+  window. This is the documented exception, not the rule.
 - ``repair(model)``: post-fine-tuning defenses.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
+
+from sbr_bench.data.bundled import Pair
 
 
 class Defense(nn.Module):
@@ -34,21 +44,29 @@ class Defense(nn.Module):
     manual_optimization: bool = False
 
     def check(self, pools) -> None:
-        """Raise ValueError with one clear line when the settings cannot work with these pools."""
+        """Raise ConfigError with one clear line when the settings cannot work with these pools."""
+
+    def extra_data(self, pools) -> dict[str, list[Pair]]:
+        """Named datasets beside the stage's own; ``"mix"`` is added to the stage's training data."""
+        return {}
 
     def setup(self, module) -> None:
         """Called once per stage, after the model is on its device."""
+
+    def select_batch(self, module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch this step trains on."""
+        return batch
+
+    def task_loss(self, module, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """A replacement for the response-only cross-entropy, or None to keep it."""
+        return None
 
     def loss_terms(self, module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Named, already weighted loss terms added to the task loss."""
         return {}
 
-    def extra_data(self) -> dict[str, Any]:
-        """Datasets the defense needs beside the stage's own."""
-        return {}
-
     def training_step(self, module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The whole optimisation step, for ``manual_optimization`` defenses."""
+        """This micro-batch's gradient into ``.grad``, for ``manual_optimization`` defenses; returns losses."""
         raise NotImplementedError(f"{type(self).__name__} sets manual_optimization but has no training_step")
 
     def repair(self, model) -> None:
