@@ -29,6 +29,16 @@ def finish_loading(model, tokenizer):
     return model, tokenizer
 
 
+def base_model(model):
+    """The transformers model under a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def decoder_layers(model) -> list[torch.nn.Module]:
+    """The decoder blocks, first to last (each has ``self_attn`` and ``mlp`` in Llama-style models)."""
+    return list(base_model(model).get_decoder().layers)
+
+
 def lm_head_input(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """The vectors the LM head reads: the last decoder layer's output after the final norm.
 
@@ -36,8 +46,7 @@ def lm_head_input(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) 
     the other layers - which is all that SBR's anchors need. For HF decoder-only models this equals
     ``output_hidden_states=True``'s last entry, and ``lm_head(lm_head_input(...))`` gives the logits.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    decoder = base.get_decoder()
+    decoder = base_model(model).get_decoder()
     return decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
 
 
