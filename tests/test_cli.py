@@ -13,8 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def sbr_bench(args, cwd, cache, timeout=600):
-    env = {**os.environ, "SBR_BENCH_CACHE": str(cache), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+def sbr_bench(args, cwd, cache, timeout=600, env=None):
+    env = {**os.environ, "SBR_BENCH_CACHE": str(cache), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "sbr_bench.cli", *args],
         cwd=cwd,

@@ -1,0 +1,81 @@
+"""Defenses compose: one per stage, stacked from the command line, and added from outside the package."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+from test_cli import sbr_bench
+
+from sbr_bench.errors import ConfigError
+from sbr_bench.pipeline import defense_names, stage_defenses
+
+# The README's "Adding a defense" example, written as a user would: a folder outside the package
+# holding a YAML option and an importable module.
+EXTERNAL_YAML = """\
+# Adapter weight decay: lam * sum of squared trainable weights (a toy example of an external defense).
+_target_: my_defenses.adapter_decay.AdapterDecay
+lam: 0.5   # illustrative value
+"""
+
+EXTERNAL_MODULE = '''\
+"""``defense=adapter_decay``: pull the fine-tuned adapter weights towards zero."""
+
+from sbr_bench.defenses.base import Defense
+from sbr_bench.errors import ConfigError
+
+
+class AdapterDecay(Defense):
+    stage = "attack"
+
+    def __init__(self, lam: float = 0.5):
+        super().__init__()
+        if lam < 0:
+            raise ConfigError(f"defense.lam={lam} must be >= 0")
+        self.lam = lam
+
+    def loss_terms(self, module, batch):
+        return {"decay": self.lam * sum(p.pow(2).sum() for p in module.trainable_parameters())}
+'''
+
+
+def test_two_defenses_of_one_stage_are_refused_with_one_line(make_cfg):
+    cfg = make_cfg(["model=toy", "defense=sbr", "defense@stack=sbr"])
+    with pytest.raises(ConfigError, match="both act in the attack stage; stack defenses of different stages"):
+        stage_defenses(cfg)
+
+
+def test_no_stack_leaves_the_other_stages_undefended(make_cfg):
+    cfg = make_cfg(["model=toy", "defense=sbr"])
+    defenses = stage_defenses(cfg)
+    assert type(defenses["attack"][0]).__name__ == "SBR" and defenses["attack"][1]["lam"] == 50
+    assert defenses["align"][1] is None and defenses["post"][1] is None
+    assert defense_names(cfg) == {"attack": "sbr"}  # the option name, as chosen
+
+
+def test_external_defense_from_a_search_path_runs_on_the_toy_model(tmp_path, shared_cache):
+    plugin = tmp_path / "plugin"
+    (plugin / "conf" / "defense").mkdir(parents=True)
+    (plugin / "my_defenses").mkdir()
+    (plugin / "conf" / "defense" / "adapter_decay.yaml").write_text(EXTERNAL_YAML)
+    (plugin / "my_defenses" / "__init__.py").write_text("")
+    (plugin / "my_defenses" / "adapter_decay.py").write_text(textwrap.dedent(EXTERNAL_MODULE))
+    out = tmp_path / "job"
+    result = sbr_bench(
+        [
+            "model=toy",
+            "debug=fast",
+            "logger=none",
+            "defense=adapter_decay",
+            f"hydra.searchpath=[file://{plugin / 'conf'}]",
+            f"hydra.run.dir={out}",
+        ],
+        cwd=tmp_path,
+        cache=shared_cache,
+        env={"PYTHONPATH": str(plugin)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["attack/loss_decay_final"] > 0  # the external term was added and logged
+    assert json.loads((out / "status.json").read_text())["defenses"] == {"attack": "adapter_decay"}
