@@ -56,6 +56,7 @@ def fit(
     epochs: int | None = None,
     max_steps: int | None = None,
     grad_accum: int = 1,
+    callbacks: list | None = None,
 ) -> float:
     """Train ``module`` for ``max_steps`` optimizer steps if given, else ``epochs`` epochs; returns seconds."""
     if max_steps is None and epochs is None:
@@ -73,6 +74,7 @@ def fit(
         enable_model_summary=False,
         num_sanity_val_steps=0,
         log_every_n_steps=1,
+        callbacks=callbacks,
     )
     start = time.perf_counter()
     trainer.fit(module, train_dataloaders=loader)

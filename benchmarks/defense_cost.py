@@ -1,0 +1,219 @@
+"""Per-defense cost: time per training step and peak memory, relative to ``defense=none``.
+
+    python benchmarks/defense_cost.py                            # every defense, SmolLM2, CPU
+    python benchmarks/defense_cost.py --defenses none sbr vaccine --rounds 1 --model toy
+
+Every defense trains a fresh LoRA adapter (the attack's adapter config) on the same batches of
+8 x 128 tokens (response-only loss) through the real ``SafetyModule`` and Lightning Trainer; a
+callback times each training step (forward, the defense's extra passes, backward, optimizer step).
+Alignment-stage defenses run as in the alignment stage, with their extra data streams. One-time
+set-up (SBR's reference states, EWC's Fisher, Lisa's anchors) is not part of a step and is not
+timed. Defenses take turns over rounds, so that drift of the machine hits them alike; a defense's
+figure is the median of its timed steps (the first step of every run is a warm-up).
+
+Peak memory: each defense also runs a few steps alone in a subprocess, which reports its peak
+resident memory (``ru_maxrss``: model, optimizer state, activations and Python together); on a
+GPU, ``torch.cuda.max_memory_allocated`` of the in-process run instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pytorch_lightning as pl
+from common import compose, write_record
+
+DEFENSES = ("none", "sbr", "vaccine", "repnoise", "booster", "lisa", "safety_mix", "l2sp", "ewc", "constrained_sft")
+
+# Forward+backward passes per step of each method (hft-methods.md): the goal of the performance
+# issue is a step time within 1.15 x this count of plain SFT's.
+PASSES = {
+    "none": 1,
+    "sbr": 1,  # + one pass over K short anchor prompts
+    "vaccine": 2,
+    "repnoise": 2,  # harmless batch + harmful batch with every layer's logit lens and MMD
+    "booster": 3,
+    "lisa": 1,  # + the proximal term
+    "safety_mix": 1,
+    "l2sp": 1,
+    "ewc": 1,
+    "constrained_sft": 1,  # + one forward without gradient for the reference log-probs
+}
+
+BATCH_SIZE, SEQ_LEN = 8, 128
+
+
+def fixed_length_examples(tokenizer, pairs, length: int) -> list[dict]:
+    """Examples of exactly ``length`` tokens: prompt + response, the response repeated to fill."""
+    from sbr_bench.data.formatting import IGNORE_INDEX, encode_pair
+
+    out = []
+    for pair in pairs:
+        e = encode_pair(tokenizer, pair.prompt, pair.response, length)
+        answer = [t for t, lab in zip(e["input_ids"], e["labels"], strict=True) if lab != IGNORE_INDEX]
+        ids, labels = list(e["input_ids"]), list(e["labels"])
+        while len(ids) < length:
+            take = answer[: length - len(ids)]
+            ids += take
+            labels += take
+        out.append({"input_ids": ids, "labels": labels})
+    return out
+
+
+class StepTimer(pl.Callback):
+    """Wall time of every training step."""
+
+    def __init__(self):
+        self.times: list[float] = []
+        self.start = 0.0
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.times.append(time.perf_counter() - self.start)
+
+
+def run_defense(name: str, model_option: str, steps: int, device: str) -> tuple[list[float], float | None]:
+    """Train ``steps`` steps under ``defense=name``; (step times, peak GPU memory in MiB or None)."""
+    import torch
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+    from torch.utils.data import DataLoader
+
+    from sbr_bench.attack import build_attack_set
+    from sbr_bench.data.formatting import PadCollator
+    from sbr_bench.models.adapters import apply_adapter
+    from sbr_bench.module import Optim, SafetyModule
+    from sbr_bench.training import fit, stage_loaders
+
+    cfg = compose([f"model={model_option}", f"defense={name}", "logger=none"])
+    pools = instantiate(cfg.data)
+    defense = instantiate(cfg.defense)
+    defense.check(pools)
+    model, tokenizer = instantiate(cfg.model)
+    model.to(device)
+    adapter = OmegaConf.to_container(cfg.adapter, resolve=True)
+    trainable = apply_adapter(model, **adapter, seed=0)
+
+    attack_set = build_attack_set(pools, BATCH_SIZE * steps, 0.5, 0)
+    examples = fixed_length_examples(tokenizer, attack_set, SEQ_LEN)
+    generator = torch.Generator().manual_seed(0)
+    loader = DataLoader(
+        examples,
+        batch_size=BATCH_SIZE,
+        shuffle=True,
+        generator=generator,
+        collate_fn=PadCollator(tokenizer.pad_token_id),
+    )
+    _, streams = stage_loaders(defense, pools, attack_set, tokenizer, SEQ_LEN, BATCH_SIZE, 0)
+    stage = "align" if defense.stage == "align" else "attack"
+    module = SafetyModule(trainable, tokenizer, defense, Optim(lr=1e-4), stage=stage, pools=pools, streams=streams)
+    timer = StepTimer()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    trainer_cfg = {"accelerator": "gpu" if device == "cuda" else "cpu", "devices": 1, "enable_progress_bar": False}
+    fit(module, loader, trainer_cfg, None, "/tmp/sbr-bench-benchmark", max_steps=steps, callbacks=[timer])
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
+    return timer.times, peak
+
+
+def probe_memory(name: str, model_option: str, steps: int) -> float:
+    """Peak resident memory (MiB) of a subprocess that trains ``steps`` steps under ``defense=name``."""
+    result = subprocess.run(
+        [sys.executable, __file__, "--probe", name, "--model", model_option, "--steps", str(steps)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"memory probe of {name} failed:\n{result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])["peak_rss_mib"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--defenses", nargs="+", default=list(DEFENSES))
+    parser.add_argument("--model", default="smollm2_135m", help="model option (smollm2_135m or toy)")
+    parser.add_argument("--rounds", type=int, default=2, help="turns each defense takes")
+    parser.add_argument("--steps", type=int, default=4, help="steps per turn (the first is a warm-up)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--probe", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    import logging
+
+    import torch
+
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.probe:
+        run_defense(args.probe, args.model, args.steps, "cpu")
+        print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+        return
+
+    names = ["none", *[d for d in args.defenses if d != "none"]]
+    times: dict[str, list[float]] = {n: [] for n in names}
+    gpu_peak: dict[str, float] = {}
+    for round_ in range(args.rounds):
+        for name in names:
+            step_times, peak = run_defense(name, args.model, args.steps, device)
+            times[name] += step_times[1:]
+            if peak is not None:
+                gpu_peak[name] = max(peak, gpu_peak.get(name, 0.0))
+            print(
+                f"round {round_ + 1}/{args.rounds} {name}: {statistics.median(step_times[1:]):.3f} s/step", flush=True
+            )
+
+    memory = gpu_peak
+    if not memory and not args.no_memory:
+        memory = {name: probe_memory(name, args.model, 2) for name in names}
+    base = statistics.median(times["none"])
+    rows = []
+    for name in names:
+        step = statistics.median(times[name])
+        row = {
+            "defense": name,
+            "step_s": round(step, 4),
+            "time_ratio": round(step / base, 3),
+            "passes": PASSES.get(name),
+            "goal_ratio": round(PASSES[name] * 1.15, 2) if name in PASSES else None,
+            "steps_timed": len(times[name]),
+        }
+        if name in memory:
+            row["peak_mib"] = round(memory[name], 1)
+            row["memory_ratio"] = round(memory[name] / memory["none"], 3)
+        rows.append(row)
+
+    kind = "GPU" if gpu_peak else "RSS"
+    print(f"\n| defense | s/step | time / none | goal (passes x 1.15) | peak {kind} MiB | memory / none |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['defense']} | {r['step_s']:.2f} | {r['time_ratio']:.2f} | <= {r['goal_ratio']} | "
+            f"{r.get('peak_mib', float('nan')):.0f} | {r.get('memory_ratio', float('nan')):.2f} |"
+        )
+    path = write_record(
+        "defense_cost",
+        {"model": args.model, "batch": [BATCH_SIZE, SEQ_LEN], "device_used": device, "rows": rows},
+    )
+    worst = max(rows, key=lambda r: r["time_ratio"] / (r["goal_ratio"] or 1))
+    print(
+        f"defense_cost: step time / none from {min(r['time_ratio'] for r in rows):.2f} to "
+        f"{max(r['time_ratio'] for r in rows):.2f}; tightest against its goal: {worst['defense']} "
+        f"{worst['time_ratio']:.2f} (goal <= {worst['goal_ratio']}); record {path}"
+    )
+
+
+if __name__ == "__main__":
+    main()
