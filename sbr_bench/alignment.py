@@ -61,10 +61,20 @@ def alignment_examples(pools: Pools, align_cfg: dict) -> list[Pair]:
     )
 
 
-def self_distilled(model, tokenizer, pairs: list[Pair], max_new_tokens: int) -> list[Pair]:
-    """The same prompts answered by the model itself (greedy): targets that keep its own helpfulness."""
-    answers = greedy_generate(
-        model, tokenizer, [p.prompt for p in pairs], max_new_tokens, desc="self-distilled targets"
+def self_distilled(
+    model, tokenizer, pairs: list[Pair], max_new_tokens: int, cache_dir: Path, model_cfg: dict
+) -> list[Pair]:
+    """The same prompts answered by the model itself (greedy): targets that keep its own helpfulness.
+
+    The answers depend only on the base model, the prompts and the length, not on the alignment
+    settings or defense, so they are generated once and cached: every alignment-stage defense
+    reuses them.
+    """
+    prompts = [p.prompt for p in pairs]
+    name = digest({"model": model_identity(model_cfg), "prompts": prompts, "max_new_tokens": max_new_tokens})
+    answers = cached_json(
+        Path(cache_dir) / "distilled" / f"{name}.json",
+        lambda: greedy_generate(model, tokenizer, prompts, max_new_tokens, desc="self-distilled targets"),
     )
     return [Pair(p.prompt, a, p.category) for p, a in zip(pairs, answers, strict=True)]
 
@@ -104,6 +114,7 @@ def _load(model, adapter_kind: str, folder: Path):
 
 def align(
     model,
+    model_cfg: dict,
     tokenizer,
     pools: Pools,
     examples: list[Pair],
@@ -126,7 +137,14 @@ def align(
     if align_cfg.get("benign_targets", "bundled") == "self":
         benign = set(pools.align_benign)
         distilled = iter(
-            self_distilled(model, tokenizer, [p for p in examples if p in benign], align_cfg["self_max_new_tokens"])
+            self_distilled(
+                model,
+                tokenizer,
+                [p for p in examples if p in benign],
+                align_cfg["self_max_new_tokens"],
+                entry.parent.parent,
+                model_cfg,
+            )
         )
         examples = [next(distilled) if p in benign else p for p in examples]
     log.info("alignment: training on %d examples (cache entry %s)", len(examples), key)

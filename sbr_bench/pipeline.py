@@ -137,6 +137,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         key = alignment.alignment_key(container(cfg.model), align_cfg, align_defense_cfg, examples)
         model, figures = alignment.align(
             model,
+            container(cfg.model),
             tokenizer,
             pools,
             examples,
