@@ -1,0 +1,73 @@
+"""``defense=safety_mix``: safety-data mixing (VLGuard, Zong et al. 2024; SafeInstr, Bianchi et al. 2023).
+
+The provider adds safety demonstrations - harmful prompt -> refusal - to the user's fine-tuning data
+and runs plain SFT on the union. This is the "Vlguard" baseline of the Vaccine and Lisa papers.
+
+    L = CE(user data  U  k refusal pairs)
+
+Arguments:
+    ``num_samples``  k, the refusal pairs added (default 100: Vaccine's 1:2 ratio, 500 alignment
+                     samples into 1000 user samples, at the CPU tiers' n = 200 attack)
+    ``ratio``        or k = round(ratio * attack_size), for sweeps over the attack size; set
+                     ``num_samples: null`` to use it (Vaccine: 0.5; Lisa: 1000 / 5000 = 0.2)
+    ``attack_size``  the attack's n (``${attack.num_samples}`` in the YAML): the defense sees only
+                     the data pools, so the config hands it the attack size for ``ratio``
+
+Decisions:
+    which pairs     the first k of ``pools.align_harmful`` in pool order, as both codes take the
+                    first k ``is_safe`` BeaverTails samples in file order. The pool is a stratified
+                    shuffle, so any prefix covers the harm categories evenly; the choice is
+                    independent of every seed.
+    added, not swapped   Vaccine's code adds the k pairs to the n user samples (n + k in all); Lisa's
+                    code instead drops k benign task samples so the total stays n. The defense
+                    cannot change the attacker's set, so it adds (Vaccine), and the attack keeps all
+                    of its n samples, poisoned ones included.
+    overlap         the pairs come from the alignment pool, as in both codes (their guide samples
+                    are the first ``is_safe`` samples, which the alignment stage also trains on).
+    too many        k larger than the pool is a ConfigError naming the pool size; the bundled pool
+                    holds 120 (``data.harmful.align``), so Vaccine's 500 at n = 1000 is out of reach.
+"""
+
+from __future__ import annotations
+
+import math
+
+from sbr_bench.defenses.base import Defense
+from sbr_bench.errors import ConfigError
+
+
+class SafetyMix(Defense):
+    """Refusal pairs mixed into the user's fine-tuning data; see the module docstring."""
+
+    stage = "attack"
+
+    def __init__(self, num_samples: int | None = 100, ratio: float | None = None, attack_size: int | None = None):
+        super().__init__()
+        if (num_samples is None) == (ratio is None):
+            raise ConfigError(
+                f"defense.num_samples={num_samples} and defense.ratio={ratio}: set exactly one "
+                "(e.g. defense.num_samples=null defense.ratio=0.5)"
+            )
+        if num_samples is not None and (int(num_samples) != num_samples or num_samples < 0):
+            raise ConfigError(f"defense.num_samples={num_samples} must be an integer >= 0")
+        if ratio is not None:
+            if ratio < 0:
+                raise ConfigError(f"defense.ratio={ratio} must be >= 0")
+            if attack_size is None or attack_size < 0:
+                raise ConfigError(f"defense.ratio={ratio} needs defense.attack_size (the attack's num_samples)")
+            num_samples = math.floor(ratio * attack_size + 0.5)  # round half up, like attack.num_harmful
+        self.num_samples = int(num_samples)
+
+    def check(self, pools) -> None:
+        """k must not exceed the refusal pairs the alignment pool holds."""
+        available = len(pools.align_harmful)
+        if self.num_samples > available:
+            raise ConfigError(
+                f"defense=safety_mix asks for {self.num_samples} refusal pairs but the alignment pool holds "
+                f"{available}; lower defense.num_samples / defense.ratio or raise data.harmful.align"
+            )
+
+    def extra_data(self, pools):
+        """``{"mix": the first k refusal pairs}``: added to the user's training data."""
+        self.check(pools)
+        return {"mix": list(pools.align_harmful[: self.num_samples])}
