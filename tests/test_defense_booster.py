@@ -1,0 +1,221 @@
+"""Booster against an independent computation (torch.func.functional_call) on the toy model."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch.func import functional_call
+
+from sbr_bench.data.bundled import Pair
+from sbr_bench.defenses.booster import Booster
+from sbr_bench.defenses.none import NoDefense
+from sbr_bench.defenses.vaccine import Vaccine
+from sbr_bench.errors import ConfigError
+from sbr_bench.models.adapters import apply_adapter
+from sbr_bench.module import Optim, SafetyModule
+from sbr_bench.training import fit, make_loader, stage_loaders
+
+LAM, ALPHA = 5.0, 0.1
+
+
+@pytest.fixture
+def lora_toy(toy):
+    """The toy model with a LoRA adapter whose B is non-zero (as after some alignment steps)."""
+    model, tokenizer = toy
+    model = apply_adapter(copy.deepcopy(model), kind="lora", r=4, alpha=8, seed=0)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    return model, tokenizer
+
+
+def first_batch(tokenizer, pairs):
+    return next(iter(make_loader(tokenizer, pairs, max_length=96, batch_size=len(pairs), seed=0)))
+
+
+@pytest.fixture
+def batches(toy, pools):
+    """(alignment batch: refusals + helpful answers, harmful batch: compliant answers)."""
+    _, tokenizer = toy
+    return (
+        first_batch(tokenizer, pools.align_harmful[:2] + pools.align_benign[:1]),
+        first_batch(tokenizer, pools.align_compliant[5:8]),
+    )
+
+
+def bare_module(model, tokenizer, defense, harmful, grad_accum=1):
+    """The real SafetyModule without a Trainer; the harmful stream always yields ``harmful``."""
+    module = SafetyModule(model, tokenizer, defense, Optim(lr=1e-3), stage="align")
+    module.grad_accum = grad_accum
+    module.manual_backward = lambda loss: loss.backward()
+    module.extra_batch = lambda name: harmful if name == "harmful" else pytest.fail(f"unknown stream {name}")
+    return module
+
+
+def trainable(model):
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def booster_by_hand(model, align, harmful, lam, alpha):
+    """G_f + lam (G_h - G_h') with explicit weight tensors, HF's own loss and a global norm computed in float64."""
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    w = [p.detach().clone().requires_grad_(True) for p in trainable(model)]
+
+    def loss_at(weights, batch):
+        return functional_call(model, dict(zip(names, weights, strict=True)), kwargs={**batch, "use_cache": False}).loss
+
+    g_h = torch.autograd.grad(loss_at(w, harmful), w)
+    norm = torch.sqrt(sum((g.double() ** 2).sum() for g in g_h)).float()
+    moved = [(x - alpha * g / (norm + 1e-7)).detach().requires_grad_(True) for x, g in zip(w, g_h, strict=True)]
+    g_h_moved = torch.autograd.grad(loss_at(moved, harmful), moved)
+    g_f = torch.autograd.grad(loss_at(w, align), w)
+    correction = [lam * (a - b) for a, b in zip(g_h, g_h_moved, strict=True)]
+    return g_f, correction
+
+
+@pytest.fixture(params=["lora", "full"])
+def adapted_toy(request, lora_toy, toy):
+    """LoRA (the paper's setting) or every weight, tied embeddings included (the toy's scratch alignment)."""
+    if request.param == "lora":
+        return lora_toy
+    model, tokenizer = toy
+    return apply_adapter(copy.deepcopy(model), kind="full"), tokenizer
+
+
+def test_gradient_is_the_booster_formula(adapted_toy, batches):
+    model, tokenizer = adapted_toy
+    align, harmful = batches
+    g_f, correction = booster_by_hand(model, align, harmful, LAM, ALPHA)
+    # the harmful term must matter, or the comparison below could not tell Booster from SFT
+    assert sum(float(c.norm()) for c in correction) > 0.05 * sum(float(g.norm()) for g in g_f)
+
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    earlier = [torch.full_like(p, 0.25) for p in trainable(model)]  # an earlier micro-batch of the window
+    for p, e in zip(trainable(model), earlier, strict=True):
+        p.grad = e.clone()
+    module = bare_module(model, tokenizer, Booster(lam=LAM, alpha=ALPHA), harmful, grad_accum=2)
+    losses = module.defense.training_step(module, align)
+
+    for p, e, f, c in zip(trainable(model), earlier, g_f, correction, strict=True):
+        # Relative to each tensor's norm: the two computations differ in float32 rounding (full
+        # logits vs response positions only), which lam * (G_h - G_h') amplifies to ~5e-5 for the
+        # randomly initialised full model; any error in the formula is of order 1.
+        expected = f + c
+        assert ((2 * (p.grad - e) - expected).norm() / expected.norm()).item() < 3e-4
+    for name, p in model.named_parameters():
+        assert torch.equal(p, before[name]), f"{name} not restored bit for bit"
+    assert set(losses) == {"task", "harmful", "booster"}
+    assert losses["booster"] > 0  # a normalised descent step on h lowers h
+
+
+def test_lambda_zero_is_plain_sft_exactly(lora_toy, batches):
+    model, tokenizer = lora_toy
+    align, harmful = batches
+    module = bare_module(model, tokenizer, Booster(lam=0, alpha=ALPHA), harmful)
+    plain = torch.autograd.grad(module.task_loss(align), trainable(model))
+    before = [p.detach().clone() for p in trainable(model)]
+    module.defense.training_step(module, align)
+    for p, g, w in zip(trainable(model), plain, before, strict=True):
+        assert torch.equal(p.grad, g)
+        assert torch.equal(p, w)
+
+
+def test_weights_are_restored_when_the_perturbed_pass_raises(lora_toy, batches):
+    model, tokenizer = lora_toy
+    align, harmful = batches
+    module = bare_module(model, tokenizer, Booster(), harmful)
+    calls, real = [], module.task_loss
+
+    def task_loss(b):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("boom")
+        return real(b)
+
+    module.task_loss = task_loss
+    before = [p.detach().clone() for p in trainable(model)]
+    with pytest.raises(RuntimeError, match="boom"):
+        module.defense.training_step(module, align)
+    assert all(torch.equal(p, w) for p, w in zip(trainable(model), before, strict=True))
+    assert all(p.grad is None for p in trainable(model))
+
+
+def test_vaccine_rho_takes_the_alignment_gradient_under_vaccine_perturbation(lora_toy, batches):
+    model, tokenizer = lora_toy
+    align, harmful = batches
+    _, correction = booster_by_hand(model, align, harmful, LAM, ALPHA)
+    reference = copy.deepcopy(model)
+    vaccine_module = bare_module(reference, tokenizer, Vaccine(rho=5), harmful)
+    vaccine_module.defense.training_step(vaccine_module, align)  # tested against a hand computation elsewhere
+
+    module = bare_module(model, tokenizer, Booster(lam=LAM, alpha=ALPHA, vaccine_rho=5), harmful)
+    losses = module.defense.training_step(module, align)
+    assert set(losses) == {"task", "perturbed", "harmful", "booster"}
+    for p, v, c in zip(trainable(model), trainable(reference), correction, strict=True):
+        torch.testing.assert_close(p.grad, v.grad + c, rtol=1e-4, atol=2e-6)
+
+
+def run_fit(model, tokenizer, pools, defense, tmp_path, epochs=2, grad_accum=2):
+    """A short real fit with the real harmful stream: 5 micro-batches per epoch, accumulation 2."""
+    pairs = [Pair(p.prompt, p.response) for p in pools.align_harmful[:10]]
+    loader, streams = stage_loaders(defense, pools, pairs, tokenizer, max_length=96, batch_size=2, seed=0)
+    optim = Optim(lr=1e-2, scheduler="cosine", warmup_ratio=0.2)
+    module = SafetyModule(model, tokenizer, defense, optim, "align", pools=pools, streams=streams)
+    trainer_cfg = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False}
+    fit(module, loader, trainer_cfg, None, str(tmp_path), epochs=epochs, grad_accum=grad_accum)
+    return module, [p.detach().clone() for p in trainable(model)]
+
+
+def test_real_fit_accumulates_and_steps_like_automatic_optimization(toy, pools, tmp_path):
+    model, tokenizer = toy
+    start = apply_adapter(copy.deepcopy(model), kind="lora", r=4, seed=0)
+    _, plain = run_fit(copy.deepcopy(start), tokenizer, pools, NoDefense(), tmp_path)
+    module, zero = run_fit(copy.deepcopy(start), tokenizer, pools, Booster(lam=0, num_harmful=8), tmp_path)
+    assert module.trainer.global_step == 6  # 2 epochs x ceil(5 / 2) optimizer steps
+    assert module.total_steps() == 6  # the LR schedule's length
+    assert len(module.streams["harmful"].dataset) == 8
+    assert {"align/loss_task", "align/loss_harmful", "align/loss_booster"} <= set(module.trainer.callback_metrics)
+    assert any(not torch.equal(x, y) for x, y in zip(trainable(start), zero, strict=True))  # it did train
+    for x, y in zip(plain, zero, strict=True):
+        assert torch.equal(x, y)  # same gradients, same accumulation, same LR schedule: bit for bit
+
+
+def test_harmful_stream_is_the_compliant_alignment_pool(pools):
+    assert Booster().extra_data(pools) == {"harmful": pools.align_compliant}
+    assert Booster(num_harmful=7).extra_data(pools) == {"harmful": pools.align_compliant[:7]}
+    assert {p.prompt for p in pools.align_compliant} == {p.prompt for p in pools.align_harmful}
+
+
+def test_config_instantiates_an_alignment_stage_defense(make_cfg):
+    from hydra.utils import instantiate
+
+    cfg = make_cfg(["model=toy", "defense=booster"])
+    defense = instantiate(cfg.defense)
+    assert isinstance(defense, Booster) and defense.stage == "align" and defense.manual_optimization
+    assert (defense.lam, defense.alpha, defense.num_harmful, defense.vaccine) == (5.0, 0.1, None, None)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"lam": -1}, r"defense.lam=-1 must be >= 0"),
+        ({"alpha": 0}, r"defense.alpha=0 must be > 0"),
+        ({"alpha": -0.1}, r"defense.alpha=-0.1 must be > 0"),
+        ({"num_harmful": 0}, r"defense.num_harmful=0 must be >= 1"),
+        ({"vaccine_rho": -2}, r"defense.vaccine_rho=-2 must be >= 0"),
+    ],
+)
+def test_bad_settings_fail_with_one_clear_line(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        Booster(**kwargs)
+
+
+def test_more_harmful_samples_than_the_pool_fails_before_training(pools):
+    n = len(pools.align_compliant)
+    with pytest.raises(ConfigError, match=rf"num_harmful=999 but the align_compliant pool holds {n} pairs"):
+        Booster(num_harmful=999).check(pools)
+    Booster(num_harmful=n).check(pools)
