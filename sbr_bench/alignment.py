@@ -92,7 +92,8 @@ def alignment_key(model_cfg: dict, align_cfg: dict, defense_cfg: dict | None, ex
     )
 
 
-def _save(model, adapter_kind: str, folder: Path) -> None:
+def save_weights(model, adapter_kind: str, folder: Path) -> None:
+    """``folder/adapter`` (LoRA: the adapter alone) or ``folder/model.safetensors`` (full fine-tuning)."""
     if adapter_kind == "lora":
         model.save_pretrained(folder / "adapter")
     else:
@@ -155,6 +156,7 @@ def align(
     )
     optim = Optim(**align_cfg["optim"])
     module = SafetyModule(trainable, tokenizer, defense, optim, stage="align", pools=pools, streams=streams)
+    module.defense_start = align_cfg.get("defense_start", 0.0)
     fit(
         module,
         loader,
@@ -177,7 +179,7 @@ def store(model, adapter_kind: str, entry: Path, meta: dict) -> None:
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=entry.parent))
     try:
-        _save(model, adapter_kind, tmp)
+        save_weights(model, adapter_kind, tmp)
         write_json_atomic(tmp / "meta.json", {**meta, "created": time.time()})
         os.replace(tmp, entry)
     except OSError:

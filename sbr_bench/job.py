@@ -1,8 +1,19 @@
-"""The task wrapper around one job: status.json, W&B finished or marked failed, one-line user errors."""
+"""The task wrapper around one job: status.json, W&B finished or marked failed, one-line user errors.
+
+- A single run with bad input prints one line (``sbr-bench: error: ...``) and exits with 2.
+- Inside a sweep (``-m``), a job that fails records its error and traceback in ``status.json``,
+  marks its W&B run failed, and the sweep goes on with the next job; the report lists it.
+- SIGTERM (a cluster's time limit, ``kill``) records ``"interrupted"`` and stops the sweep.
+- ``resume=true``: a job whose folder already holds an ok ``status.json`` for the same overrides
+  is skipped, its results untouched; re-running an interrupted sweep command with
+  ``resume=true hydra.sweep.dir=<its folder>`` runs only what is missing or failed.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -10,10 +21,18 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from sbr_bench.errors import ConfigError
-from sbr_bench.io import write_json_atomic
+from sbr_bench.io import read_json, write_json_atomic
 from sbr_bench.wandb_run import finish_run
 
 log = logging.getLogger(__name__)
+
+
+class Interrupted(BaseException):
+    """SIGTERM arrived: not an error of the job, and not to be swallowed by ``except Exception``."""
+
+
+def _on_sigterm(signum, frame):
+    raise Interrupted(f"signal {signum}")
 
 
 def is_multirun() -> bool:
@@ -36,28 +55,75 @@ def user_error(err: BaseException) -> ConfigError | None:
     return None
 
 
+def job_overrides() -> list[str]:
+    """The command-line overrides that name this job in a sweep (``resume=...`` does not)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = list(HydraConfig.get().overrides.task)
+    except ValueError:  # HydraConfig not set (a test calling run_job directly)
+        return []
+    return [o for o in overrides if not o.lstrip("+").startswith("resume=")]
+
+
+def finished_result(output_dir: Path) -> float | None:
+    """The harmful score of a job folder that already finished ok with the same overrides, else None."""
+    status_path = output_dir / "status.json"
+    status = read_json(status_path) if status_path.is_file() else {}
+    if status.get("status") != "ok":
+        return None
+    if status.get("overrides") != job_overrides():
+        raise ConfigError(
+            f"resume: {output_dir} holds a job with other overrides ({' '.join(status.get('overrides', []))}); "
+            "resume with the sweep's original command and hydra.sweep.dir"
+        )
+    return read_json(output_dir / "metrics.json")["eval/harmful_score"]
+
+
 def run_job(cfg: DictConfig) -> float:
     """Run the pipeline; always leave ``status.json`` and a finished W&B run behind.
 
     Returns the harmful score after the attack (a float, so that a sweeper could optimise it and so
-    that no model stays referenced between the jobs of a multirun).
+    that no model stays referenced between the jobs of a multirun); NaN for a failed sweep job.
     """
     from sbr_bench import pipeline
 
-    status_path = Path(cfg.paths.output_dir) / "status.json"
+    output_dir = Path(cfg.paths.output_dir)
+    status_path = output_dir / "status.json"
+    if cfg.get("resume"):
+        try:
+            done = finished_result(output_dir)
+        except ConfigError as err:  # another job's folder: leave it exactly as it is
+            print(f"sbr-bench: error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+        if done is not None:
+            log.info("resume: %s finished earlier, skipped", output_dir)
+            return done
+    previous_handler = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         metrics = pipeline.run(cfg)
+    except Interrupted as err:
+        write_json_atomic(status_path, {"status": "interrupted", "error": f"interrupted by {err}"})
+        finish_run(failed=True)
+        log.error("job interrupted (%s); re-run the command with resume=true to finish the sweep", err)
+        raise SystemExit(143) from None
     except Exception as err:
         cause = user_error(err)
         message = str(cause) if cause else f"{type(err).__name__}: {err}"
         write_json_atomic(status_path, {"status": "error", "error": message, "traceback": traceback.format_exc()})
         finish_run(failed=True)
-        if cause and not is_multirun():
+        if is_multirun():
+            # The other jobs of the sweep go on; status.json and the report say what went wrong.
+            log.error("job failed: %s (traceback in %s)", message, status_path)
+            return math.nan
+        if cause:
             # Bad input: one line saying what is wrong and how to fix it, no traceback wall.
             print(f"sbr-bench: error: {message}", file=sys.stderr)
             raise SystemExit(2) from None
-        log.error("job failed: %s: %s", type(err).__name__, err)
         raise
-    write_json_atomic(status_path, {"status": "ok", "defenses": pipeline.defense_names(cfg)})
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+    status = {"status": "ok", "defenses": pipeline.defense_names(cfg), "overrides": job_overrides()}
+    write_json_atomic(status_path, status)
     finish_run(failed=False)
     return metrics["eval/harmful_score"]

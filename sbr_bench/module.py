@@ -80,13 +80,22 @@ class SafetyModule(pl.LightningModule):
         self.streams = streams or {}
         self.automatic_optimization = not defense.manual_optimization
         self.grad_accum = 1  # micro-batches per optimizer step; set by training.fit
+        # Fraction of the stage's steps trained as plain SFT before the defense acts (the toy tier
+        # learns its language in the alignment stage: an alignment-stage defense acts once it speaks).
+        self.defense_start = 0.0
+        self._defense_from_step = 0
         self._batch_idx = 0
         self._stream_iters: dict[str, Iterator] = {}
 
     def on_fit_start(self) -> None:
         # from_pretrained returns eval mode and Lightning 2.6 no longer switches sub-modules.
         self.model.train()
+        self._defense_from_step = int(self.defense_start * self.total_steps())
         self.defense.setup(self)
+
+    def defense_active(self) -> bool:
+        """False during the plain-SFT steps before ``defense_start``."""
+        return self.trainer.global_step >= self._defense_from_step
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         """The parameters this stage updates (the LoRA matrices, or every weight)."""
@@ -137,9 +146,16 @@ class SafetyModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         self._batch_idx = batch_idx
-        batch = self.defense.select_batch(self, batch)
+        active = self.defense_active()
+        if active:
+            batch = self.defense.select_batch(self, batch)
         if self.defense.manual_optimization:
-            losses = self.defense.training_step(self, batch)
+            if active:
+                losses = self.defense.training_step(self, batch)
+            else:
+                task = self.task_loss(batch)
+                self.accumulate_backward(task)
+                losses = {"task": task.detach()}
             self._log_losses(losses, batch)
             position, window, _ = self.micro_batch_position()
             if position == window - 1:
@@ -148,10 +164,10 @@ class SafetyModule(pl.LightningModule):
                 optimizer.zero_grad()
                 self.lr_schedulers().step()
             return None
-        task = self.defense.task_loss(self, batch)
+        task = self.defense.task_loss(self, batch) if active else None
         if task is None:
             task = self.task_loss(batch)
-        terms = self.defense.loss_terms(self, batch)
+        terms = self.defense.loss_terms(self, batch) if active else {}
         total = task + sum(terms.values()) if terms else task
         self._log_losses({"task": task, **terms}, batch, total)
         return total

@@ -50,6 +50,10 @@ def container(node) -> Any:
 def eval_device(trainer_cfg: dict) -> torch.device:
     """Where evaluation runs: the device the Trainer trains on."""
     accelerator = str(trainer_cfg.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} but this machine has no CUDA device; use trainer=cpu or trainer=auto"
+        )
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
     return torch.device("cpu")
@@ -110,6 +114,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     trainer_cfg = container(cfg.trainer)
     eval_cfg = container(cfg.eval)
     cache_dir = Path(cfg.paths.cache_dir).expanduser()
+    device = eval_device(trainer_cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     # Everything that can be checked without a model is checked first: bad input fails in seconds.
@@ -119,6 +124,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
         defense.check(pools)
     judge = instantiate(cfg.judge)
     attack_set = build_attack_set(pools, cfg.attack.num_samples, cfg.attack.poison_ratio, cfg.attack.data_seed)
+    align_cfg = container(cfg.get("align"))
+    align_defense, align_defense_cfg = defenses["align"]
+    if align_cfg is None and align_defense_cfg is not None:
+        raise ConfigError(
+            f"{type(align_defense).__name__} acts in the alignment stage, which align=none skips; add align=sft"
+        )
 
     model, tokenizer = instantiate(cfg.model)
     logger = make_logger(cfg)
@@ -128,10 +139,6 @@ def run(cfg: DictConfig) -> dict[str, float]:
     }
 
     # 1. align
-    align_cfg = container(cfg.get("align"))
-    align_defense, align_defense_cfg = defenses["align"]
-    if align_cfg is None and align_defense_cfg is not None:
-        raise ConfigError(f"{type(align_defense).__name__} acts in the alignment stage, which align=none skips")
     if align_cfg is not None:
         examples = alignment.alignment_examples(pools, align_cfg)
         key = alignment.alignment_key(container(cfg.model), align_cfg, align_defense_cfg, examples)
@@ -156,7 +163,6 @@ def run(cfg: DictConfig) -> dict[str, float]:
     metrics.update(figures)
 
     # 2. the aligned model, before the attack (cached with the alignment: same model, same result)
-    device = eval_device(trainer_cfg)
     model.to(device)
     generations: list[dict] = []
     if eval_cfg["before_attack"]:
@@ -194,6 +200,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     )
     for name, value in module.trainer.callback_metrics.items():
         metrics[f"{name}_final"] = float(value)
+    # The attack defense's references (frozen model copies, Fisher, anchors) are not needed any more.
+    del module, attack_defense, loader, streams
+    defenses.pop("attack")
     defenses["post"][0].repair(trainable)
 
     # 4. evaluate
@@ -205,7 +214,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     generations += [{"stage": "after_attack", **r} for r in records]
     metrics["time/total_s"] = time.perf_counter() - started
 
-    # 5. record
+    # 5. record (the attack's weights only when asked: adapter only for LoRA, never a base-model copy)
+    if attack.get("keep_adapter"):
+        alignment.save_weights(trainable, cfg.adapter.kind, output_dir)
     write_jsonl_atomic(output_dir / "generations.jsonl", generations)
     write_json_atomic(output_dir / "metrics.json", dict(sorted(metrics.items())))
     if logger is not None:

@@ -54,7 +54,7 @@ def collect(folders: list[Path]) -> list[Row]:
         )
         for job in jobs:
             overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
-            shown = " ".join(o for o in overrides if not o.startswith(("experiment=", "hydra.")))
+            shown = " ".join(o for o in overrides if not o.startswith(("experiment=", "hydra.", "resume=")))
             metrics = _read_json(job / "metrics.json") or {}
             status = _read_json(job / "status.json") or {}
             state = status.get("status", "missing")
@@ -108,13 +108,25 @@ def print_table(rows: list[Row], title: str = "sbr-bench results (percent)") -> 
 
 
 class ReportCallback(Callback):
-    """Hydra callback: print the table of the sweep when the multirun ends."""
+    """Hydra callback: print the table of the sweep when the multirun ends; exit 1 if a job did not finish.
+
+    A failed job does not stop the sweep (see ``sbr_bench.job``); this is where the user hears of it.
+    """
 
     def on_multirun_end(self, config, **kwargs) -> None:
         folder = Path(config.hydra.sweep.dir)
         rows = collect([folder])
         print_table(rows, title=f"sbr-bench results (percent): {folder}")
         (folder / "report.md").write_text(markdown(rows) + "\n")
+        failed = [r for r in rows if r.status != "ok"]
+        if failed:
+            names = ", ".join(Path(r.job).name for r in failed)
+            print(
+                f"sbr-bench: error: {len(failed)} of {len(rows)} jobs did not finish (job {names}); their status.json "
+                f"says why; after a fix, re-run the command with resume=true hydra.sweep.dir={folder}",
+                file=sys.stderr,
+            )
+            raise SystemExit(1)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,9 +6,11 @@ import json
 import textwrap
 
 import pytest
+from conftest import compose_config
 from test_cli import sbr_bench
 
 from sbr_bench.errors import ConfigError
+from sbr_bench.job import run_job
 from sbr_bench.pipeline import defense_names, stage_defenses
 
 # The README's "Adding a defense" example, written as a user would: a folder outside the package
@@ -24,6 +26,7 @@ EXTERNAL_MODULE = '''\
 
 from sbr_bench.defenses.base import Defense
 from sbr_bench.errors import ConfigError
+from sbr_bench.job import run_job
 
 
 class AdapterDecay(Defense):
@@ -79,3 +82,16 @@ def test_external_defense_from_a_search_path_runs_on_the_toy_model(tmp_path, sha
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["attack/loss_decay_final"] > 0  # the external term was added and logged
     assert json.loads((out / "status.json").read_text())["defenses"] == {"attack": "adapter_decay"}
+
+
+def test_vaccine_alignment_and_sbr_attack_stack_in_one_job(tmp_path):
+    cache = tmp_path / "cache"  # private: the only alignment entry in it is Vaccine's
+    common = ["model=toy", "debug=fast", "logger=none", "align.max_steps=60"]
+    run_job(compose_config([*common, "defense=vaccine"], tmp_path / "vaccine", cache, keep_hydra=False))
+    run_job(compose_config([*common, "defense=sbr", "defense@stack=vaccine"], tmp_path / "both", cache))
+    status = json.loads((tmp_path / "both" / "status.json").read_text())
+    metrics = json.loads((tmp_path / "both" / "metrics.json").read_text())
+    assert status["status"] == "ok" and status["defenses"] == {"align": "vaccine", "attack": "sbr"}
+    assert len(list((cache / "aligned").iterdir())) == 1
+    assert metrics["align/cached"] == 1.0  # the stacked job reused the Vaccine alignment
+    assert metrics["attack/loss_sbr_final"] > 0  # and SBR acted during the attack

@@ -35,7 +35,7 @@ def test_job_folder_holds_metrics_status_generations_and_a_wandb_run(toy_jobs):
     metrics = read(folder, "metrics.json")
     assert metrics.keys() >= METRIC_KEYS
     assert all(0.0 <= metrics[k] <= 100.0 for k in METRIC_KEYS)
-    assert read(folder, "status.json") == {"status": "ok", "defenses": {}}
+    assert read(folder, "status.json").items() >= {"status": "ok", "defenses": {}}.items()
     rows = [json.loads(line) for line in (folder / "generations.jsonl").read_text().splitlines()]
     assert {(r["stage"], r["pool"]) for r in rows} == {
         (stage, pool) for stage in ("before_attack", "after_attack") for pool in ("harmful", "benign", "task")
@@ -83,7 +83,7 @@ def test_smollm2_job_end_to_end(tmp_path, shared_cache):
         run_job(compose_config(overrides, tmp_path / name, shared_cache))
     first, cached = read(tmp_path / "first", "metrics.json"), read(tmp_path / "cached", "metrics.json")
     assert first.keys() >= METRIC_KEYS
-    assert read(tmp_path / "first", "status.json") == {"status": "ok", "defenses": {"attack": "sbr"}}
+    assert read(tmp_path / "first", "status.json").items() >= {"status": "ok", "defenses": {"attack": "sbr"}}.items()
     assert first["align/cached"] == 0.0 and cached["align/cached"] == 1.0
     assert first["attack/loss_sbr_final"] > 0
     assert first["eval/harmful_score"] == cached["eval/harmful_score"]

@@ -82,6 +82,8 @@ def bundled_file(name: str) -> Path:
 def read_jsonl(path: Path, required: Sequence[str]) -> list[dict[str, Any]]:
     """Read a JSONL file; say which record is broken and why when one is."""
     records = []
+    if not Path(path).is_file():
+        raise ConfigError(f"{path}: no such data file")
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
