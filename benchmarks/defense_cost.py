@@ -12,7 +12,7 @@ timed. Defenses take turns over rounds, so that drift of the machine hits them a
 figure is the median of its timed steps (the first step of every run is a warm-up).
 
 Peak memory: each defense also runs a few steps alone in a subprocess, which reports its peak
-resident memory (``ru_maxrss``: model, optimizer state, activations and Python together); on a
+resident memory (``VmHWM``: model, optimizer state, activations and Python together); on a
 GPU, ``torch.cuda.max_memory_allocated`` of the in-process run instead.
 """
 
@@ -126,6 +126,15 @@ def run_defense(name: str, model_option: str, steps: int, device: str) -> tuple[
     return timer.times, peak
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory (VmHWM: reset at exec, unlike ru_maxrss, which a child
+    inherits from the process that started it)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def probe_memory(name: str, model_option: str, steps: int) -> float:
     """Peak resident memory (MiB) of a subprocess that trains ``steps`` steps under ``defense=name``."""
     result = subprocess.run(
@@ -147,6 +156,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="steps per turn (the first is a warm-up)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--memory-only", action="store_true", help="only the peak-memory subprocesses")
     parser.add_argument("--probe", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -159,7 +169,14 @@ def main() -> None:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.probe:
         run_defense(args.probe, args.model, args.steps, "cpu")
-        print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+        print(json.dumps({"peak_rss_mib": peak_rss_mib()}))
+        return
+    if args.memory_only:
+        names = ["none", *[d for d in args.defenses if d != "none"]]
+        memory = {name: probe_memory(name, args.model, 2) for name in names}
+        for name in names:
+            print(f"| {name} | {memory[name]:.0f} | {memory[name] / memory['none']:.2f} |")
+        write_record("defense_memory", {"model": args.model, "peak_rss_mib": memory})
         return
 
     names = ["none", *[d for d in args.defenses if d != "none"]]
