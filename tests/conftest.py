@@ -78,3 +78,22 @@ def pools():
     from sbr_bench.data.bundled import load_pools
 
     return load_pools()
+
+
+@pytest.fixture
+def lora_toy(toy):
+    """A copy of the toy model with a LoRA adapter whose B is non-zero (as after some alignment steps)."""
+    import copy
+
+    import torch
+
+    from sbr_bench.models.adapters import apply_adapter
+
+    model, tokenizer = toy
+    model = apply_adapter(copy.deepcopy(model), kind="lora", r=4, alpha=8, seed=0)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    return model, tokenizer

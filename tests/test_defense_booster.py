@@ -20,19 +20,6 @@ from sbr_bench.training import fit, make_loader, stage_loaders
 LAM, ALPHA = 5.0, 0.1
 
 
-@pytest.fixture
-def lora_toy(toy):
-    """The toy model with a LoRA adapter whose B is non-zero (as after some alignment steps)."""
-    model, tokenizer = toy
-    model = apply_adapter(copy.deepcopy(model), kind="lora", r=4, alpha=8, seed=0)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.add_(0.05 * torch.randn(p.shape, generator=gen))
-    return model, tokenizer
-
-
 def first_batch(tokenizer, pairs):
     return next(iter(make_loader(tokenizer, pairs, max_length=96, batch_size=len(pairs), seed=0)))
 

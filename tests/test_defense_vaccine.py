@@ -21,19 +21,6 @@ RHO = 2.0
 
 
 @pytest.fixture
-def lora_toy(toy):
-    """The toy model with a LoRA adapter whose B is non-zero (as after some alignment steps)."""
-    model, tokenizer = toy
-    model = apply_adapter(copy.deepcopy(model), kind="lora", r=4, alpha=8, seed=0)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.add_(0.05 * torch.randn(p.shape, generator=gen))
-    return model, tokenizer
-
-
-@pytest.fixture
 def batch(toy, pools):
     _, tokenizer = toy
     pairs = pools.align_harmful[:2] + pools.align_benign[:1]
