@@ -183,3 +183,27 @@ def test_bad_settings_fail_with_one_clear_line(kwargs, message):
 def test_more_anchors_than_the_pool_fails_before_training(pools):
     with pytest.raises(ConfigError, match=r"num_anchors=999 but the anchor pool holds 20 prompts"):
         SBR(num_anchors=999).check(pools)
+
+
+def test_shared_prefix_pass_equals_full_passes(lora_toy, pools):
+    """The anchors' common start runs once; states and gradients equal K full passes."""
+    model, tokenizer = lora_toy
+    perturb(model)
+    shared, full = SBR(num_anchors=6, share_prefix=True), SBR(num_anchors=6, share_prefix=False)
+    for sbr in (shared, full):
+        sbr.setup(stub_module(model, tokenizer, pools))
+    assert shared.prefix_len > 0 and full.prefix_len == 0
+    prefix = shared.anchor_ids[:, : shared.prefix_len]
+    assert (prefix == prefix[:1]).all() and shared.prefix_len < int(shared.anchor_mask.sum(1).min())
+    params = [p for p in model.parameters() if p.requires_grad]
+    # A random linear read-out (a sum of squares would be flat: the untrained final norm fixes |h|).
+    weights = torch.randn(6, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    states = {}
+    grads = {}
+    for name, sbr in (("shared", shared), ("full", full)):
+        states[name] = sbr.anchor_states(model)
+        grads[name] = torch.autograd.grad((states[name] * weights).sum(), params)
+    torch.testing.assert_close(states["shared"], states["full"], rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads["shared"], grads["full"], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert SBR(num_anchors=1).prefix_len == 0

@@ -29,10 +29,18 @@ Discrepancies between paper and official code, decided here as options:
     ``ga_scaling``    "mean" (default: lam weighs L_safe once per optimizer step, as L_total reads)
                       or "sum" (lam per micro-batch, the effective weight GA*lam of the official
                       script when the CE is normalised over the whole accumulated batch).
+
+Cost: ``share_prefix`` (default true) runs the tokens the K anchors share at their start (the chat
+template's system prompt and user header: 24 of SmolLM2's ~47 tokens per anchor) once, and the K
+remainders against that prefix's key/value cache, with the gradient flowing through the cache. It is
+an exact reformulation of the K full passes (equal up to float rounding; a test checks states and
+gradients), only cheaper; the one difference is with adapter dropout > 0, where the K anchors share
+the prefix's dropout mask. With K = 1 nothing is shared and the plain pass runs.
 """
 
 from __future__ import annotations
 
+import inspect
 import random
 
 import torch
@@ -41,7 +49,7 @@ import torch.nn.functional as F
 from sbr_bench.data.formatting import encode_prompts
 from sbr_bench.defenses.base import Defense
 from sbr_bench.errors import ConfigError
-from sbr_bench.models import last_token_index, lm_head_input
+from sbr_bench.models import base_model, last_token_index, lm_head_input
 
 REDUCTIONS = ("elementwise_mean", "paper_sum")
 ANCHOR_PASSES = ("optimizer_step", "micro_batch")
@@ -62,6 +70,7 @@ class SBR(Defense):
         reduction: str = "elementwise_mean",
         anchor_pass: str = "optimizer_step",
         ga_scaling: str = "mean",
+        share_prefix: bool = True,
     ):
         super().__init__()
         if lam < 0:
@@ -82,6 +91,8 @@ class SBR(Defense):
         self.reduction = reduction
         self.anchor_pass = anchor_pass
         self.ga_scaling = ga_scaling
+        self.share_prefix = bool(share_prefix)
+        self.prefix_len = 0  # tokens all anchors share at their start (0: plain passes)
         self.anchor_prompts: list[str] = []
         self.register_buffer("anchor_ids", torch.empty(0, dtype=torch.long), persistent=False)
         self.register_buffer("anchor_mask", torch.empty(0, dtype=torch.long), persistent=False)
@@ -114,14 +125,19 @@ class SBR(Defense):
         device = next(module.model.parameters()).device
         self.anchor_ids = batch["input_ids"].to(device)
         self.anchor_mask = batch["attention_mask"].to(device)
+        self.prefix_len = shared_prefix_length(self.anchor_ids, self.anchor_mask) if self.share_prefix else 0
         with torch.no_grad():
             self.reference = self.anchor_states(module.model).detach().float()
 
     def anchor_states(self, model) -> torch.Tensor:
         """LM-head input at the last prompt token of every anchor, shape (K, d)."""
+        last = last_token_index(self.anchor_mask)
+        rows = torch.arange(last.shape[0], device=last.device)
+        if self.prefix_len:
+            hidden = prefix_shared_hidden(model, self.anchor_ids, self.anchor_mask, self.prefix_len)
+            return hidden[rows, last - self.prefix_len]
         hidden = lm_head_input(model, self.anchor_ids, self.anchor_mask)
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        return hidden[rows, last_token_index(self.anchor_mask)]
+        return hidden[rows, last]
 
     def distance(self, model) -> torch.Tensor:
         """L_safe: the (unweighted) distance of the anchor states to their references."""
@@ -138,3 +154,27 @@ class SBR(Defense):
                 return {}
             scale *= window
         return {"sbr": self.lam * scale * self.distance(module.model)}
+
+
+def shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:
+    """Tokens every row starts with, leaving each row at least one token of its own (0 for one row)."""
+    if input_ids.shape[0] < 2:
+        return 0
+    same = (input_ids == input_ids[:1]).all(dim=0).long()
+    common = int(same.cumprod(dim=0).sum())
+    return max(0, min(common, int(attention_mask.sum(dim=1).min()) - 1))
+
+
+def prefix_shared_hidden(model, input_ids, attention_mask, prefix_len: int) -> torch.Tensor:
+    """LM-head input of the tokens after ``prefix_len``: the shared prefix runs once (batch 1), its
+    key/value cache is repeated for every row, and the rows' own tokens attend to it. Gradients flow
+    through the cache into the prefix. Shape (rows, length - prefix_len, d)."""
+    decoder = base_model(model).get_decoder()
+    cache_arg = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+    prefix = decoder(input_ids=input_ids[:1, :prefix_len], use_cache=True)
+    cache = getattr(prefix, cache_arg)
+    cache.batch_repeat_interleave(input_ids.shape[0])
+    out = decoder(
+        input_ids=input_ids[:, prefix_len:], attention_mask=attention_mask, use_cache=True, **{cache_arg: cache}
+    )
+    return out.last_hidden_state
