@@ -82,8 +82,11 @@ class StepTimer(pl.Callback):
         self.times.append(time.perf_counter() - self.start)
 
 
-def run_defense(name: str, model_option: str, steps: int, device: str) -> tuple[list[float], float | None]:
-    """Train ``steps`` steps under ``defense=name``; (step times, peak GPU memory in MiB or None)."""
+def run_defense(
+    name: str, model_option: str, steps: int, device: str, overrides: tuple[str, ...] = ()
+) -> tuple[list[float], float | None]:
+    """Train ``steps`` steps under ``defense=name`` (plus config ``overrides``); (step times, peak GPU
+    memory in MiB or None)."""
     import torch
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
@@ -95,7 +98,7 @@ def run_defense(name: str, model_option: str, steps: int, device: str) -> tuple[
     from sbr_bench.module import Optim, SafetyModule
     from sbr_bench.training import fit, stage_loaders
 
-    cfg = compose([f"model={model_option}", f"defense={name}", "logger=none"])
+    cfg = compose([f"model={model_option}", f"defense={name}", "logger=none", *overrides])
     pools = instantiate(cfg.data)
     defense = instantiate(cfg.defense)
     defense.check(pools)

