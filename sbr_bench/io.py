@@ -50,14 +50,15 @@ def read_json(path: str | Path) -> Any:
 
 @contextmanager
 def exclusive(path: str | Path, what: str = "this cache entry") -> Iterator[None]:
-    """Hold an exclusive lock on ``<path>.lock`` for the block (other processes asking for it wait).
+    """Hold an exclusive lock on ``.<name>.lock`` beside ``path`` for the block (other processes asking wait).
 
     Jobs of a parallel sweep (joblib, SLURM, Ray) that need the same cache entry take turns: the
     first computes it, the others wait and then find it. The lock is ``flock`` on a file next to the
     entry, so it works across processes on one machine and on shared file systems that support
     POSIX locks; the kernel releases it when a process dies, so a killed job never blocks the rest.
     """
-    lock = Path(f"{path}.lock")
+    path = Path(path)
+    lock = path.parent / f".{path.name}.lock"  # hidden: a cache folder lists its entries only
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a+") as fh:
         try:

@@ -28,12 +28,17 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from sbr_bench import alignment
-from sbr_bench.attack import build_attack_set, num_harmful
+from sbr_bench.attack import attack_epochs, attack_num_samples, attack_set_from_config, num_harmful
+from sbr_bench.attacks import probes
+from sbr_bench.attacks.distance_cap import DistanceCap
+from sbr_bench.data.formatting import apply_prompt_format, with_prompt_format
 from sbr_bench.defenses.base import Defense
 from sbr_bench.defenses.none import NoDefense
 from sbr_bench.errors import ConfigError
+from sbr_bench.evaluation.during_attack import attack_monitors, monitor_results
 from sbr_bench.evaluation.evaluate import evaluate
 from sbr_bench.io import write_json_atomic, write_jsonl_atomic
+from sbr_bench.judges.base import check_judge
 from sbr_bench.models.adapters import apply_adapter
 from sbr_bench.module import Optim, SafetyModule
 from sbr_bench.training import fit, stage_loaders
@@ -119,11 +124,17 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     # Everything that can be checked without a model is checked first: bad input fails in seconds.
     pools = instantiate(cfg.data)
+    prompt_format = cfg.get("prompt_format", "chat")
+    model_cfg = with_prompt_format(container(cfg.model), prompt_format)  # the caches' view of the model
     defenses = stage_defenses(cfg)
     for defense, _ in defenses.values():
         defense.check(pools)
     judge = instantiate(cfg.judge)
-    attack_set = build_attack_set(pools, cfg.attack.num_samples, cfg.attack.poison_ratio, cfg.attack.data_seed)
+    check_judge(judge)  # e.g. an API key missing from the environment: fail before any model loads
+    attack_set = attack_set_from_config(pools, cfg.attack)
+    attack_probes = probes.settings(cfg.attack)  # extra harmful scores of the variant (trigger, refusal prefix)
+    distance_cap = DistanceCap(**container(cfg.attack.distance_cap)) if cfg.attack.get("distance_cap") else None
+    monitors = attack_monitors(eval_cfg, pools, judge, run_evaluation)  # eval.during_attack, eval.diagnostics
     align_cfg = container(cfg.get("align"))
     align_defense, align_defense_cfg = defenses["align"]
     if align_cfg is None and align_defense_cfg is not None:
@@ -132,19 +143,19 @@ def run(cfg: DictConfig) -> dict[str, float]:
         )
 
     model, tokenizer = instantiate(cfg.model)
+    apply_prompt_format(tokenizer, prompt_format)  # chat: the model's own template; alpaca: the protocol's
     logger = make_logger(cfg)
-    metrics: dict[str, float] = {
-        "attack/num_samples": float(len(attack_set)),
-        "attack/num_harmful": float(num_harmful(cfg.attack.num_samples, cfg.attack.poison_ratio)),
-    }
+    metrics: dict[str, float] = {"attack/num_samples": float(len(attack_set))}
+    if pools.attack_fixed is None:  # a ready-made attack file does not say which of its samples are harmful
+        metrics["attack/num_harmful"] = float(num_harmful(attack_num_samples(cfg.attack), cfg.attack.poison_ratio))
 
     # 1. align
     if align_cfg is not None:
         examples = alignment.alignment_examples(pools, align_cfg)
-        key = alignment.alignment_key(container(cfg.model), align_cfg, align_defense_cfg, examples)
+        key = alignment.alignment_key(model_cfg, align_cfg, align_defense_cfg, examples)
         model, figures = alignment.align(
             model,
-            container(cfg.model),
+            model_cfg,
             tokenizer,
             pools,
             examples,
@@ -159,17 +170,22 @@ def run(cfg: DictConfig) -> dict[str, float]:
         before_dir = cache_dir / "aligned" / key
     else:
         figures = {"align/cached": 0.0, "time/align_s": 0.0}
-        before_dir = cache_dir / "base" / alignment.digest(alignment.model_identity(container(cfg.model)))
+        before_dir = cache_dir / "base" / alignment.digest(alignment.model_identity(model_cfg))
     metrics.update(figures)
 
     # 2. the aligned model, before the attack (cached with the alignment: same model, same result)
     model.to(device)
     generations: list[dict] = []
     if eval_cfg["before_attack"]:
-        eval_key = alignment.digest({"eval": eval_cfg, "judge": container(cfg.judge), "data": eval_data(pools)})
+        # The monitors of the attack (eval.during_attack, eval.diagnostics) do not change this evaluation.
+        scored = {k: v for k, v in eval_cfg.items() if k not in ("during_attack", "diagnostics")}
+        key_parts = {"eval": scored, "judge": container(cfg.judge), "data": eval_data(pools)}
+        if attack_probes:  # only then: the plain attack keeps the cache entries it always had
+            key_parts["attack_probes"] = attack_probes
+        eval_key = alignment.digest(key_parts)
 
         def evaluate_aligned() -> dict:
-            scores, records = run_evaluation(model, tokenizer, pools, judge, eval_cfg)
+            scores, records = run_evaluation(model, tokenizer, pools, judge, eval_cfg, attack_probes)
             return {"metrics": scores, "records": records}
 
         before = alignment.cached_json(before_dir / f"before_attack-{eval_key}.json", evaluate_aligned)
@@ -189,15 +205,26 @@ def run(cfg: DictConfig) -> dict[str, float]:
     )
     module = SafetyModule(trainable, tokenizer, attack_defense, optim, stage="attack", pools=pools, streams=streams)
     log.info(
-        "attack: %d samples (%d harmful) + %d mixed in by the defense, %s epochs",
+        "attack: %d samples (%s harmful) + %d mixed in by the defense, %s epochs",
         len(attack_set),
-        metrics["attack/num_harmful"],
+        int(metrics["attack/num_harmful"]) if "attack/num_harmful" in metrics else "?",
         len(loader.dataset) - len(attack_set),
-        attack.epochs,
+        attack_epochs(attack),
     )
     metrics["time/attack_s"] = fit(
-        module, loader, trainer_cfg, logger, str(output_dir), epochs=attack.epochs, grad_accum=attack.grad_accum
+        module,
+        loader,
+        trainer_cfg,
+        logger,
+        str(output_dir),
+        epochs=attack_epochs(attack),
+        grad_accum=attack.grad_accum,
+        callbacks=([distance_cap] if distance_cap is not None else []) + monitors,  # monitors see the capped weights
     )
+    if distance_cap is not None:  # attack/distance_final comes with the logged metrics below
+        metrics.update({f"attack/{k}": v for k, v in distance_cap.summary().items()})
+    monitor_metrics, monitor_curves = monitor_results(monitors)  # flat floats; curves for metrics.json only
+    metrics.update(monitor_metrics)
     for name, value in module.trainer.callback_metrics.items():
         metrics[f"{name}_final"] = float(value)
     # The attack defense's references (frozen model copies, Fisher, anchors) are not needed any more.
@@ -208,7 +235,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     # 4. evaluate
     eval_start = time.perf_counter()
     trainable.to(device)
-    after, records = run_evaluation(trainable, tokenizer, pools, judge, eval_cfg)
+    after, records = run_evaluation(trainable, tokenizer, pools, judge, eval_cfg, attack_probes)
     metrics.update({f"eval/{k}": v for k, v in after.items()})
     metrics["time/eval_s"] = time.perf_counter() - eval_start
     generations += [{"stage": "after_attack", **r} for r in records]
@@ -218,7 +245,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if attack.get("keep_adapter"):
         alignment.save_weights(trainable, cfg.adapter.kind, output_dir)
     write_jsonl_atomic(output_dir / "generations.jsonl", generations)
-    write_json_atomic(output_dir / "metrics.json", dict(sorted(metrics.items())))
+    write_json_atomic(output_dir / "metrics.json", {**dict(sorted(metrics.items())), **monitor_curves})
     if logger is not None:
         logger.experiment.summary.update(metrics)
     log.info(
@@ -234,12 +261,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
 def eval_data(pools) -> str:
     """Hash of the evaluation prompts (a cached evaluation is valid only for the same prompts)."""
     task = [[p.prompt, p.response] for p in pools.task_test]
-    return alignment.digest([pools.eval_harmful, pools.eval_benign, task])
+    return alignment.digest([pools.eval_harmful, pools.eval_benign, task, pools.task.key])  # + the answer check
 
 
-def run_evaluation(model, tokenizer, pools, judge, eval_cfg: dict):
-    """``evaluate`` with the settings of the ``eval`` config group."""
-    return evaluate(
+def run_evaluation(model, tokenizer, pools, judge, eval_cfg: dict, attack_probes: dict | None = None):
+    """``evaluate`` with the settings of the ``eval`` config group, plus the attack variant's probes if any."""
+    scores, records = evaluate(
         model,
         tokenizer,
         pools,
@@ -251,3 +278,9 @@ def run_evaluation(model, tokenizer, pools, judge, eval_cfg: dict):
         num_benign=eval_cfg.get("num_benign"),
         num_task=eval_cfg.get("num_task"),
     )
+    if attack_probes:
+        extra_scores, extra_records = probes.probe_evaluation(
+            model, tokenizer, pools, judge, eval_cfg, attack_probes, records
+        )
+        scores, records = {**scores, **extra_scores}, records + extra_records
+    return scores, records

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -25,6 +25,7 @@ COLUMNS = (
     ("FA", "eval/finetune_acc"),
     ("over-refusal", "eval/over_refusal"),
 )
+KAPPA = "judge/kappa/"  # agreement between judges, written by sbr-bench-judge
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Row:
     overrides: str
     values: dict[str, float | None]
     status: str
+    kappas: dict[str, float] = field(default_factory=dict)  # judge/kappa/<a>~<b>, from sbr-bench-judge
 
 
 def _read_json(path: Path) -> dict | None:
@@ -60,7 +62,8 @@ def collect(folders: list[Path]) -> list[Row]:
             state = status.get("status", "missing")
             if state == "error":
                 state = f"error: {status.get('error', '')}"
-            rows.append(Row(str(job), shown, {key: metrics.get(key) for _, key in COLUMNS}, state))
+            kappas = {k[len(KAPPA) :]: v for k, v in metrics.items() if k.startswith(KAPPA)}
+            rows.append(Row(str(job), shown, {key: metrics.get(key) for _, key in COLUMNS}, state, kappas))
     return rows
 
 
@@ -73,6 +76,18 @@ def varying(rows: list[Row]) -> tuple[list[Row], str]:
         for r, s in zip(rows, split, strict=True)
     ]
     return shown, " ".join(common)
+
+
+def agreement(rows: list[Row]) -> str:
+    """Judge agreement (Cohen's kappa per judge pair, from ``sbr-bench-judge``) as a markdown table."""
+    pairs = sorted({pair for r in rows for pair in r.kappas})
+    lines = ["Judge agreement (Cohen's kappa on the harmful answers)", ""]
+    lines += ["| job | " + " | ".join(pairs) + " |", "|" + "---|" * (len(pairs) + 1)]
+    for r in rows:
+        if r.kappas:
+            cells = ["-" if r.kappas.get(p) is None else f"{r.kappas[p]:.2f}" for p in pairs]
+            lines.append(f"| {Path(r.job).name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _cell(value: float | None) -> str:
@@ -150,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown(rows))
     else:
         print_table(rows)
+    if any(r.kappas for r in rows):
+        print("\n" + agreement(rows))
     return 0
 
 

@@ -4,6 +4,11 @@ Jobs of a multirun under the basic launcher share one process, and Lightning's W
 an active ``wandb.run``; so every job finishes its run on the way out (``finish_run``), and the
 next job starts a fresh one. Secrets never enter the run config: only the resolved job config
 (paths, values), never the environment.
+
+The run config is flat, so that every setting is a dashboard column and a parallel-coordinates
+axis as it is: the group choices under their group's name (``defense: sbr``, ``attack: hft``,
+``model: smollm2_135m``, ``stack: vaccine``) and every leaf of the resolved config under its dotted
+path (``defense.lam: 50``, ``attack.poison_ratio: 0.1``, ``seed: 0``).
 """
 
 from __future__ import annotations
@@ -31,6 +36,37 @@ def run_name(cfg: DictConfig) -> str:
     return f"{defense}-{choices.get('attack', 'attack')}-p{cfg.attack.poison_ratio}-{model}-s{cfg.seed}"
 
 
+def group_choices() -> dict[str, str]:
+    """The option chosen in every config group of this job (``{}`` outside a Hydra run)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        choices = HydraConfig.get().runtime.choices
+    except ValueError:
+        return {}
+    return {
+        key.replace("defense@stack", "stack"): str(value)
+        for key, value in choices.items()
+        if value is not None and not key.startswith("hydra/") and key not in ("hydra", "paths")
+    }
+
+
+def flat_config(cfg: DictConfig) -> dict:
+    """Every leaf of the resolved config under its dotted path, plus the group choices by group name."""
+    flat: dict = {}
+
+    def walk(node, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}.{key}" if prefix else str(key))
+        else:
+            flat[prefix] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    # A choice takes the group's own name; a leaf called like a group (e.g. attack.name) keeps its path.
+    return {**flat, **group_choices()}
+
+
 def make_logger(cfg: DictConfig):
     """A WandbLogger for this job, or None when ``logger=none``."""
     settings = cfg.get("logger")
@@ -49,8 +85,7 @@ def make_logger(cfg: DictConfig):
         save_dir=str(cfg.paths.output_dir),
         mode=w.mode,
     )
-    config = OmegaConf.to_container(cfg, resolve=True)
-    logger.experiment.config.update(config, allow_val_change=True)
+    logger.experiment.config.update(flat_config(cfg), allow_val_change=True)
     return logger
 
 

@@ -51,6 +51,25 @@ def test_multirun_writes_four_jobs_each_with_metrics_and_its_own_wandb_run(sweep
     assert len(run_ids) == 4
 
 
+def test_each_wandb_run_holds_its_jobs_group_choices_and_settings_as_flat_columns(sweep):
+    from wandb_offline import run_config
+
+    seen = set()
+    for job in sorted(p for p in sweep.iterdir() if (p / "wandb").is_dir()):
+        overrides = (job / ".hydra" / "overrides.yaml").read_text()
+        (run_file,) = (job / "wandb").glob("offline-run-*/run-*.wandb")
+        config = run_config(run_file)
+        assert (
+            f"defense={config['defense']}" in overrides
+            and f"attack.poison_ratio={config['attack.poison_ratio']}" in overrides
+        )
+        assert config["model"] == "toy" and config["attack"] == "hft" and config["seed"] == 0
+        if config["defense"] == "sbr":
+            assert config["defense.lam"] == 50
+        seen.add((config["defense"], config["attack.poison_ratio"]))
+    assert seen == {("none", 0.1), ("none", 0.2), ("sbr", 0.1), ("sbr", 0.2)}
+
+
 def test_report_prints_the_sweep_table(sweep):
     result = subprocess.run(
         [sys.executable, "-m", "sbr_bench.report", str(sweep), "--format", "markdown"], capture_output=True, text=True

@@ -39,7 +39,7 @@ BAD_INPUT = [
     (["defense@stack=vacine"], None),  # the stack slot too (valid options as for defense)
     (
         ["-m", "attack.poison_ratio=0.1", "judge=keyword,gpt"],
-        "sbr-bench: error: judge=gpt: no such option; valid options: keyword",
+        "sbr-bench: error: judge=gpt: no such option; valid options: beaverdam, keyword, llamaguard, llm_api",
     ),
     (["defense=sbr", "defense.lam=-1"], "sbr-bench: error: defense.lam=-1 must be >= 0"),
     (["attack.poison_ratio=1.5"], "sbr-bench: error: attack.poison_ratio=1.5 is outside [0, 1]"),

@@ -42,6 +42,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from sbr_bench.data.tasks import SENTIMENT, Task
 from sbr_bench.errors import ConfigError
 
 # The SST-2 instruction of the HFT protocol (Vaccine, Lisa, Booster and SBR code).
@@ -60,7 +61,12 @@ class Pair:
 
 @dataclass(frozen=True)
 class Pools:
-    """Every disjoint pool of the bundled data, plus the task's label set."""
+    """Every disjoint pool of the data, the benign task (prompts' answer check) and, optionally, a
+    ready-made attack set.
+
+    ``attack_fixed``: the user's own fine-tuning set, already mixed (``data=local attack=<file>``);
+    when given, the attack uses it as-is instead of drawing n samples at ratio p.
+    """
 
     align_harmful: list[Pair]
     align_compliant: list[Pair]
@@ -71,7 +77,13 @@ class Pools:
     eval_benign: list[str]
     task_train: list[Pair]
     task_test: list[Pair]
-    task_labels: tuple[str, ...] = SENTIMENT_LABELS
+    task: Task = SENTIMENT
+    attack_fixed: list[Pair] | None = None
+
+    @property
+    def task_labels(self) -> tuple[str, ...]:
+        """The task's label set (empty for open-ended tasks)."""
+        return self.task.labels
 
 
 def bundled_file(name: str) -> Path:

@@ -5,6 +5,8 @@ template with one user turn and the generation prompt appended, tokenised withou
 tokens again (the template already holds them; tokenising the rendered text with the defaults
 would put a second BOS in front for Llama-3, a quirk of the SBR reference script that we do not
 reproduce). Training examples append the assistant turn; the loss sees only its tokens.
+``prompt_format=alpaca`` installs the HFT protocol's Alpaca template as the chat template, so every
+path above renders it unchanged.
 """
 
 from __future__ import annotations
@@ -16,6 +18,63 @@ import torch
 from sbr_bench.errors import ConfigError
 
 IGNORE_INDEX = -100  # label of tokens the loss must not see (prompt and padding)
+
+PROMPT_FORMATS = ("chat", "alpaca")
+
+# The Alpaca template of the HFT protocol (Stanford Alpaca's PROMPT_DICT, used by the Vaccine, Lisa and
+# Booster code; hft-methods.md section 7). The target follows "### Response:" directly and ends with EOS.
+ALPACA_PREAMBLE_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request."
+)
+ALPACA_PREAMBLE = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+)
+
+# The same as a chat template, so that every rendering path (training, evaluation, SBR anchors) uses it
+# unchanged. A user turn "<instruction>\nInput: <input>" (sbr_bench.data.tasks.task_prompt) is split into
+# the Instruction and Input blocks; any other user turn is the no-input variant. BOS comes first where the
+# tokenizer has one: the Alpaca code tokenises with the default special tokens, which adds it.
+ALPACA_CHAT_TEMPLATE = (
+    "{%- if bos_token %}{{ bos_token }}{% endif -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'user' -%}"
+    "{%- set parts = message['content'].split('\\nInput: ', 1) -%}"
+    "{%- if parts | length == 2 -%}"
+    "{{ '" + ALPACA_PREAMBLE_INPUT + "\\n\\n### Instruction:\\n' + parts[0] + "
+    "'\\n\\n### Input:\\n' + parts[1] + '\\n\\n' }}"
+    "{%- else -%}"
+    "{{ '" + ALPACA_PREAMBLE + "\\n\\n### Instruction:\\n' + parts[0] + '\\n\\n' }}"
+    "{%- endif -%}"
+    "{{ '### Response:' if add_generation_prompt or not loop.last else '' }}"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "{{ message['content'] + eos_token }}"
+    "{%- else -%}"
+    "{{ raise_exception('the Alpaca prompt format has user and assistant turns only, not ' + message['role']) }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+)
+
+
+def check_prompt_format(prompt_format: str) -> str:
+    if prompt_format not in PROMPT_FORMATS:
+        raise ConfigError(f"prompt_format={prompt_format} is not one of: {', '.join(PROMPT_FORMATS)}")
+    return prompt_format
+
+
+def apply_prompt_format(tokenizer, prompt_format: str) -> None:
+    """Render prompts with the model's chat template (``chat``) or the Alpaca template (``alpaca``)."""
+    if check_prompt_format(prompt_format) == "alpaca":
+        tokenizer.chat_template = ALPACA_CHAT_TEMPLATE
+
+
+def with_prompt_format(model_cfg: dict, prompt_format: str) -> dict:
+    """The model config as the caches see it: the prompt format changes what a model learns and answers,
+    so an Alpaca-format alignment (or evaluation, or self-distilled target) never shares an entry with a
+    chat-format one. ``chat`` adds nothing, so the cache entries made before this option stay valid."""
+    if check_prompt_format(prompt_format) == "chat":
+        return model_cfg
+    return {**model_cfg, "prompt_format": prompt_format}
 
 
 def render_prompt(tokenizer, prompt: str) -> str:

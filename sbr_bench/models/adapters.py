@@ -15,6 +15,7 @@ def apply_adapter(
     dropout: float = 0.0,
     target_modules: str | list[str] = "all-linear",
     use_rslora: bool = False,
+    freeze_lora_a: bool = False,
     seed: int = 0,
 ):
     """Wrap ``model`` for training.
@@ -22,9 +23,15 @@ def apply_adapter(
     ``lora``: a new LoRA adapter (B initialised to zero, so the wrapped model starts equal to the
     input model) on ``target_modules`` ("all-linear" = q, k, v, o, gate, up, down for Llama;
     the LM head is excluded). ``full``: every parameter trains.
+
+    ``freeze_lora_a``: A keeps its random (seeded) initialisation and only B trains, so the update
+    ``B @ A`` lives in a fixed random subspace (the SBR paper's random-subspace attack, with r = 1:
+    ``conf/adapter/rank1_frozen_a.yaml``).
     """
     import torch
 
+    if freeze_lora_a and kind != "lora":
+        raise ConfigError(f"adapter.freeze_lora_a=true needs adapter.kind=lora, not {kind}")
     if kind == "full":
         for p in model.parameters():
             p.requires_grad_(True)
@@ -42,7 +49,12 @@ def apply_adapter(
     )
     with torch.random.fork_rng():
         torch.manual_seed(seed)  # LoRA A is random: seed it so the same job gives the same adapter
-        return get_peft_model(model, config)
+        wrapped = get_peft_model(model, config)
+    if freeze_lora_a:
+        for name, param in wrapped.named_parameters():
+            if "lora_A" in name:
+                param.requires_grad_(False)  # the optimizer only gets parameters that require grad
+    return wrapped
 
 
 def merge_adapter(model):

@@ -1,0 +1,53 @@
+"""What the model-based judges (BeaverDam, Llama Guard) share: device, dtype, and a cheap model check.
+
+The checks run in ``Judge.check()``, before the benchmark loads the model under test: a judge
+pointed at a folder that does not exist, or at a GPU this machine does not have, fails in seconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from sbr_bench.errors import ConfigError
+
+DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def looks_like_path(model: str) -> bool:
+    """A local folder (absolute, relative, home) rather than a hub id such as ``org/name``."""
+    return model.startswith(("/", "./", "../", "~")) or Path(model).expanduser().exists()
+
+
+def check_model_settings(option: str, model: str, device: str, dtype: str, batch_size: int) -> None:
+    """One ConfigError line for the first bad setting of a model judge."""
+    if not model:
+        raise ConfigError(f"judge={option} needs judge.model: a hub id or a local folder")
+    if looks_like_path(model) and not Path(model).expanduser().is_dir():
+        raise ConfigError(f"judge.model={model}: no such folder; give a local copy of the judge or its hub id")
+    if dtype not in DTYPES:
+        raise ConfigError(f"judge.dtype={dtype} is not one of: {', '.join(DTYPES)}")
+    if batch_size < 1:
+        raise ConfigError(f"judge.batch_size={batch_size} must be >= 1")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"judge.device={device} but this machine has no CUDA device; use judge.device=auto or cpu")
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto``: the GPU when there is one (a 7-8B judge on a CPU takes hours), else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto``: bfloat16 on a GPU (how the 7-8B judges are usually run), float32 on a CPU."""
+    if DTYPES[dtype] is not None:
+        return DTYPES[dtype]
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def load_source(model: str) -> str:
+    """The argument for ``from_pretrained``: an expanded local folder, or the hub id as given."""
+    return str(Path(model).expanduser()) if looks_like_path(model) else model

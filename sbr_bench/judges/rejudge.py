@@ -1,0 +1,190 @@
+"""``sbr-bench-judge``: score the saved generations of finished jobs with another judge.
+
+    sbr-bench-judge multirun/default/2026-11-27_10-00-00 judge=beaverdam
+    sbr-bench-judge outputs/default/<date_time> judge=llm_api judge.model=gpt-4o-mini judge.name=gpt4o_mini
+
+Generation is the expensive part of a job and judging the cheap, disputed one: a sweep judged
+with the keyword rule on a CPU can be judged again with BeaverDam or an LLM on another machine,
+without generating anything. For each job folder (any folder under the arguments that holds a
+``generations.jsonl``), the judge composed from ``conf/judge`` (Hydra compose API, the same
+overrides as ``sbr-bench``) scores the harmful-pool answers of both stages, and the job gains:
+
+- ``judgements/<judge name>.jsonl``: one record per harmful answer (stage, prompt, response,
+  verdict, score and details);
+- in ``metrics.json`` (rewritten atomically, every other key untouched):
+  ``align/harmful_score@<name>`` (before the attack), ``eval/harmful_score@<name>`` (after it),
+  ``.../harmful_missing@<name>`` and, for a judge with a rating, ``.../harm_rating@<name>``;
+- ``judge/kappa/<a>~<b>``: Cohen's kappa between every pair of judges that scored this job's
+  answers (the job's own judge, from ``generations.jsonl``, and each ``judgements/*.jsonl``).
+
+``generations.jsonl`` is only read. Bad input (an unknown judge, a missing API key, no job folder)
+is one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+import yaml
+from tqdm.auto import tqdm
+
+from sbr_bench.errors import ConfigError
+from sbr_bench.io import read_json, write_json_atomic, write_jsonl_atomic
+from sbr_bench.judges.agreement import pairwise_kappa
+from sbr_bench.judges.base import check_judge, harmful_metrics, judge_name, run_judge, verdict_fields
+
+log = logging.getLogger(__name__)
+
+PROG = "sbr-bench-judge"
+STAGE_PREFIX = {"before_attack": "align", "after_attack": "eval"}  # the prefixes of metrics.json
+
+
+def fail(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def build_judge(overrides: list[str]):
+    """The judge of ``conf/judge/<option>.yaml`` with the overrides, instantiated and checked."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+
+    from sbr_bench import CONF_DIR
+    from sbr_bench.job import user_error
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=overrides)
+    except Exception as err:  # Hydra's own messages (a key that does not exist, bad syntax): first line
+        raise ConfigError(str(err).strip().splitlines()[0]) from None
+    finally:
+        GlobalHydra.instance().clear()
+    try:
+        judge = instantiate(cfg.judge)
+    except Exception as err:
+        cause = user_error(err)
+        if cause is None:
+            raise
+        raise cause from None
+    check_judge(judge)
+    return judge
+
+
+def find_jobs(folders: list[Path]) -> list[Path]:
+    """Job folders (holding generations.jsonl) under each argument, in job order."""
+    jobs = set()
+    for folder in folders:
+        jobs.update(p.parent for p in folder.rglob("generations.jsonl") if p.parent.name != "judgements")
+    return sorted(jobs, key=lambda p: [int(s) if s.isdigit() else s for s in p.parts])
+
+
+def read_records(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def own_judge_name(job: Path) -> str:
+    """The name of the judge that scored the job itself (its config's ``judge.name``, else its option)."""
+    config_path, hydra_path = job / ".hydra" / "config.yaml", job / ".hydra" / "hydra.yaml"
+    if config_path.is_file():
+        judge_cfg = (yaml.safe_load(config_path.read_text()) or {}).get("judge") or {}
+        if judge_cfg.get("name"):
+            return str(judge_cfg["name"])
+    if hydra_path.is_file():
+        choices = ((yaml.safe_load(hydra_path.read_text()) or {}).get("hydra") or {}).get("runtime", {})
+        if choices.get("choices", {}).get("judge"):
+            return str(choices["choices"]["judge"])
+    return "job"
+
+
+def rejudge_job(job: Path, judge) -> dict[str, float]:
+    """Score one job's harmful answers; write its judgements and the new metrics. Returns those metrics."""
+    name = judge_name(judge)
+    harmful = [r for r in read_records(job / "generations.jsonl") if r.get("pool") == "harmful"]
+    verdicts = run_judge(judge, [r["prompt"] for r in harmful], [r["response"] for r in harmful])
+    judged = [
+        {"stage": r["stage"], "prompt": r["prompt"], "response": r["response"], **verdict_fields(v)}
+        for r, v in zip(harmful, verdicts, strict=True)
+    ]
+    write_jsonl_atomic(job / "judgements" / f"{name}.jsonl", judged)
+
+    new: dict[str, float] = {}
+    for stage, prefix in STAGE_PREFIX.items():
+        stage_verdicts = [v for r, v in zip(harmful, verdicts, strict=True) if r["stage"] == stage]
+        if stage_verdicts:
+            new.update({f"{prefix}/{k}@{name}": v for k, v in harmful_metrics(judge, stage_verdicts).items()})
+    new.update({f"judge/kappa/{pair}": k for pair, k in pairwise_kappa(judge_labels(job, harmful)).items()})
+    metrics_path = job / "metrics.json"
+    metrics = read_json(metrics_path) if metrics_path.is_file() else {}
+    write_json_atomic(metrics_path, dict(sorted({**metrics, **new}.items())))
+    return new
+
+
+def judge_labels(job: Path, harmful: list[dict]) -> dict[str, list[bool | None]]:
+    """Every judge's labels of this job's harmful answers, in the order of generations.jsonl.
+
+    A judgements file made from other generations (a job that was re-run since) is left out.
+    """
+    labels = {own_judge_name(job): [r.get("harmful") for r in harmful]}
+    key = [(r["stage"], r["prompt"], r["response"]) for r in harmful]
+    for path in sorted((job / "judgements").glob("*.jsonl")):
+        records = read_records(path)
+        if [(r["stage"], r["prompt"], r["response"]) for r in records] != key:
+            log.warning("%s: judged other generations than generations.jsonl; left out of the agreement", path)
+            continue
+        labels[path.stem] = [r.get("harmful") for r in records]
+    return labels
+
+
+def split_args(argv: list[str]) -> tuple[list[Path], list[str]]:
+    """Folders and ``key=value`` overrides, in any order."""
+    return [Path(a) for a in argv if "=" not in a], [a for a in argv if "=" in a]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``sbr-bench-judge``."""
+    from sbr_bench.cli import unknown_option
+
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0 if argv else 2
+    folders, overrides = split_args(argv)
+    if not any(o.startswith("judge=") for o in overrides):
+        return fail("name the judge: judge=<option> (e.g. judge=beaverdam); see conf/judge/")
+    problem = unknown_option(overrides)
+    if problem:
+        return fail(problem)
+    missing = [str(f) for f in folders if not f.is_dir()]
+    if not folders or missing:
+        return fail(f"not a folder: {', '.join(missing)}" if missing else "give one or more job or sweep folders")
+    jobs = find_jobs(folders)
+    if not jobs:
+        return fail(f"no job folders (with generations.jsonl) under {', '.join(map(str, folders))}")
+    try:
+        judge = build_judge(overrides)
+        results = {job: rejudge_job(job, judge) for job in tqdm(jobs, desc=PROG, unit="job")}
+    except ConfigError as err:
+        return fail(str(err))
+    name = judge_name(judge)
+    for job, new in results.items():
+        before, after = new.get(f"align/harmful_score@{name}"), new.get(f"eval/harmful_score@{name}")
+        missing_count = sum(
+            v for k, v in new.items() if k.startswith(("align/harmful_missing", "eval/harmful_missing"))
+        )
+        print(f"{job}: HS@{name} before {_fmt(before)} after {_fmt(after)} ({missing_count:.0f} missing)")
+    return 0
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.1f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
