@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from sbr_bench.errors import ConfigError
+from sbr_bench.judges.base import Judge
 
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -51,3 +52,30 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 def load_source(model: str) -> str:
     """The argument for ``from_pretrained``: an expanded local folder, or the hub id as given."""
     return str(Path(model).expanduser()) if looks_like_path(model) else model
+
+
+class ModelJudge(Judge):
+    """A judge that is a transformers model: where it comes from, where it runs, loaded on first use.
+
+    Subclasses set ``option`` (the conf/judge file's name, for error lines) and implement ``load``
+    (filling ``_model`` / ``_tokenizer`` once) and ``judge``.
+    """
+
+    option = "model"
+
+    def __init__(self, model: str, name: str, batch_size: int, device: str, dtype: str):
+        self.model_source = model
+        self.name = name
+        self.batch_size = batch_size
+        self.device = device
+        self.dtype = dtype
+        self._model = None
+        self._tokenizer = None
+
+    def check(self) -> None:
+        check_model_settings(self.option, self.model_source, self.device, self.dtype, self.batch_size)
+
+    def placement(self) -> tuple[str, torch.device, torch.dtype]:
+        """(``from_pretrained`` source, device, dtype) from the settings."""
+        device = resolve_device(self.device)
+        return load_source(self.model_source), device, resolve_dtype(self.dtype, device)
