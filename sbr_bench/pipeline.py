@@ -42,7 +42,7 @@ from sbr_bench.judges.base import check_judge
 from sbr_bench.models.adapters import apply_adapter
 from sbr_bench.module import Optim, SafetyModule
 from sbr_bench.training import fit, stage_loaders
-from sbr_bench.wandb_run import make_logger
+from sbr_bench.wandb_run import log_generations, make_logger
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +248,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     write_json_atomic(output_dir / "metrics.json", {**dict(sorted(metrics.items())), **monitor_curves})
     if logger is not None:
         logger.experiment.summary.update(metrics)
+        log_generations(logger, generations)
     log.info(
         "HS before %.1f -> after %.1f | FA %.1f | over-refusal %.1f",
         metrics.get("align/harmful_score", float("nan")),

@@ -89,6 +89,32 @@ def make_logger(cfg: DictConfig):
     return logger
 
 
+GENERATION_COLUMNS = ["stage", "pool", "prompt", "response", "verdict", "label"]
+
+
+def verdict_of(record: dict) -> str:
+    """One word for a generation's verdict: harmful/safe/missing, refused/answered, correct/wrong."""
+    if "harmful" in record:
+        return {True: "harmful", False: "safe", None: "missing"}[record["harmful"]]
+    if "refused" in record:
+        return "refused" if record["refused"] else "answered"
+    if "correct" in record:
+        return {True: "correct", False: "wrong", None: "unchecked"}[record["correct"]]
+    return ""
+
+
+def log_generations(logger, generations: list[dict]) -> None:
+    """The job's answers with their verdicts as a W&B table ("generations"), filterable in the UI.
+
+    Same records as generations.jsonl; the judge's extra fields (category probabilities, ratings)
+    stay in that file.
+    """
+    import wandb
+
+    rows = [[g.get(c, "") if c != "verdict" else verdict_of(g) for c in GENERATION_COLUMNS] for g in generations]
+    logger.experiment.log({"generations": wandb.Table(columns=GENERATION_COLUMNS, data=rows)})
+
+
 def finish_run(failed: bool) -> None:
     """Close the job's W&B run, marked failed when the job raised."""
     import wandb

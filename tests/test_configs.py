@@ -40,7 +40,7 @@ def test_every_option_composes(make_cfg, group, option):
     assert cfg.hydra.runtime.choices[group] == option
     # The parts that build offline are built: data pools, defense, judge. (Hub data options need
     # their datasets: tests/test_data_sources.py builds them from fixtures in the hub layout.)
-    offline = not (group == "data" and option.startswith("beavertails_"))
+    offline = not cfg.hydra.runtime.choices.data.startswith("beavertails_")  # also an experiment's data
     pools = instantiate(cfg.data) if offline else instantiate(make_cfg(["model=toy"]).data)
     instantiate(cfg.defense).check(pools)
     instantiate(cfg.judge)
@@ -72,8 +72,8 @@ def test_model_tier_scales_the_attack_but_the_command_line_wins(make_cfg):
     assert make_cfg(["model=toy", "attack.num_samples=50"]).attack.num_samples == 50
 
 
-def test_quickstart_sweeps_none_and_sbr_on_smollm2(make_cfg):
+def test_quickstart_sweeps_four_defenses_on_smollm2(make_cfg):
     cfg = make_cfg(["experiment=quickstart"])
-    assert cfg.hydra.sweeper.params.defense == "none,sbr"
+    assert cfg.hydra.sweeper.params.defense == "none,sbr,vaccine,repnoise"
     assert cfg.model.name == "smollm2_135m" and cfg.attack.poison_ratio == 0.1
     assert cfg.hydra.callbacks.report._target_ == "sbr_bench.report.ReportCallback"

@@ -1,0 +1,95 @@
+"""The experiment presets (conf/experiment/) and the seeds axis (conf/seeds/): every job of every grid composes."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from omegaconf import OmegaConf
+
+from sbr_bench import CONF_DIR
+
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+PAPER_SCALE = ["sbr_table1", "poison_ratio", "lambda_sweep", "num_anchors", "persistent_hft"]
+
+
+def grid(cfg) -> list[list[str]]:
+    """The overrides of every job of the experiment's own sweep (the product of its params)."""
+    params = cfg.hydra.sweeper.params
+    axes = [[f"{key}={value}" for value in str(values).split(",")] for key, values in params.items()]
+    return [list(job) for job in itertools.product(*axes)]
+
+
+def test_every_preset_the_issue_asks_for_exists_with_its_cpu_variant():
+    assert set(EXPERIMENTS) == {"quickstart", *PAPER_SCALE, *(f"{name}_cpu" for name in PAPER_SCALE)}
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_each_preset_opens_with_its_command_and_the_paper_result_it_reproduces(name):
+    text = (CONF_DIR / "experiment" / f"{name}.yaml").read_text()
+    header = text.split("\ndefaults:")[0]
+    assert text.startswith("# @package _global_\n")
+    assert f"sbr-bench -m experiment={name}" in header
+    assert any(word in header for word in ("Table", "Figure", "ablation")), "name the paper table or figure"
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_job_of_each_presets_grid_composes_with_its_values(make_cfg, name):
+    cfg = make_cfg([f"experiment={name}"])
+    assert cfg.experiment_name == name  # its own W&B group and multirun folder
+    jobs = grid(cfg)
+    assert len(jobs) >= 2
+    for job in jobs:
+        composed = make_cfg([f"experiment={name}", *job])
+        for override in job:
+            key, value = override.split("=")
+            if key in composed.hydra.runtime.choices:
+                assert composed.hydra.runtime.choices[key] == value
+            else:
+                assert str(OmegaConf.select(composed, key)) == value
+
+
+def test_paper_presets_run_the_paper_model_and_cpu_variants_a_cpu_model(make_cfg):
+    for name in PAPER_SCALE:
+        assert make_cfg([f"experiment={name}"]).model.name == "llama3_8b_instruct"
+        assert make_cfg([f"experiment={name}_cpu"]).model.name == "smollm2_135m"
+    # the command line still picks another model, e.g. the toy one for a minute-scale look
+    assert make_cfg(["experiment=poison_ratio_cpu", "model=toy"]).model.name == "toy"
+
+
+def test_grids_are_the_papers_grids(make_cfg):
+    def params(name):
+        return dict(make_cfg([f"experiment={name}"]).hydra.sweeper.params)
+
+    for scale in ("", "_cpu"):
+        assert params(f"poison_ratio{scale}")["attack.poison_ratio"] == "0.05,0.1,0.2,0.3"
+        assert params(f"lambda_sweep{scale}")["defense.lam"] == "0,5,10,50,100"
+        assert params(f"num_anchors{scale}")["defense.num_anchors"] == "1,2,4,8"
+    assert set(params("sbr_table1")["data"].split(",")) == {
+        "beavertails_sst2",
+        "beavertails_agnews",
+        "beavertails_gsm8k",
+        "beavertails_alpaca_eval",
+    }
+    persistent = make_cfg(["experiment=persistent_hft"])
+    assert persistent.attack.name == "persistent" and persistent.eval.during_attack.every == 5
+    assert persistent.attack.epochs * persistent.attack.epochs_scale == 50  # the paper's 50 epochs
+    assert make_cfg(["experiment=persistent_hft_cpu"]).eval.during_attack.every == 1
+
+
+def test_the_table1_presets_sweep_every_defense_option(make_cfg):
+    options = {p.stem for p in (CONF_DIR / "defense").glob("*.yaml")}
+    for name in ("sbr_table1", "sbr_table1_cpu"):
+        swept = make_cfg([f"experiment={name}"]).hydra.sweeper.params.defense.split(",")
+        assert sorted(swept) == sorted(options), f"{name}: a new defense belongs in the table"
+
+
+@pytest.mark.parametrize(("option", "seeds"), [("two", "0,1"), ("three", "0,1,2"), ("five", "0,1,2,3,4")])
+def test_the_seeds_axis_adds_to_any_presets_grid(make_cfg, option, seeds):
+    for name in ("quickstart", "lambda_sweep_cpu", "sbr_table1"):
+        alone = make_cfg([f"experiment={name}"]).hydra.sweeper.params
+        cfg = make_cfg([f"experiment={name}", f"seeds={option}"])
+        assert dict(cfg.hydra.sweeper.params) == {**alone, "seed": seeds}
+        assert len(grid(cfg)) == len(seeds.split(",")) * len(grid(make_cfg([f"experiment={name}"])))
+    # and to a plain command-line sweep without an experiment
+    assert make_cfg([f"seeds={option}"]).hydra.sweeper.params == {"seed": seeds}
