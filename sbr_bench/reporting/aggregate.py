@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sbr_bench.reporting.collect import COLUMNS, Job
+from sbr_bench.reporting.collect import COLUMNS, Job, shared_overrides
 from sbr_bench.reporting.stats import Summary, finite, summarize
 
 BEST = {"eval/harmful_score": min, "eval/finetune_acc": max, "eval/over_refusal": min}  # no mark for HS before
@@ -75,7 +75,7 @@ def varying_key(rows: list[Setting]) -> tuple[list[str], list[str]]:
     """(per row: the setting overrides that differ between rows, joined; the overrides all rows share)."""
     if not rows:
         return [], []
-    common = [o for o in rows[0].key if all(o in r.key for r in rows[1:])] if len(rows) > 1 else []
+    common = shared_overrides([r.key for r in rows]) if len(rows) > 1 else []
     return [" ".join(o for o in r.key if o not in common) for r in rows], common
 
 

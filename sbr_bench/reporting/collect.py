@@ -138,6 +138,11 @@ def read_job(job: Path) -> Job:
     )
 
 
+def shared_overrides(keys: list) -> list[str]:
+    """The overrides found in every one of ``keys`` (lists of overrides), in the first one's order."""
+    return [o for o in keys[0] if all(o in k for k in keys[1:])] if keys else []
+
+
 def collect(folders: list[Path]) -> list[Job]:
     """Every job folder under ``folders``, in job order (numeric job numbers sort as numbers)."""
     jobs = []

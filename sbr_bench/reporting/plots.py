@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sbr_bench.reporting.aggregate import Setting
-from sbr_bench.reporting.collect import override_key
+from sbr_bench.reporting.collect import override_key, shared_overrides
 from sbr_bench.reporting.stats import finite, summarize
 
 HS = "eval/harmful_score"
@@ -141,7 +141,7 @@ def hs_vs_lambda(rows: list[Setting], path: Path) -> Path:
 
 def _common(rows: list[Setting]) -> set[str]:
     """The setting overrides every row shares (left out of the labels, which name what differs)."""
-    return set.intersection(*(set(r.key) for r in rows)) if rows else set()
+    return set(shared_overrides([r.key for r in rows]))
 
 
 def epoch_curve(row: Setting) -> list[tuple[float, float, float]]:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from sbr_bench.reporting.aggregate import Setting, varying_key
-from sbr_bench.reporting.collect import COLUMNS, Job
+from sbr_bench.reporting.collect import COLUMNS, Job, shared_overrides
 from sbr_bench.reporting.stats import Summary
 
 CSV_NAMES = {  # metric key -> CSV column stem
@@ -37,7 +37,7 @@ BEST_NOTE = "bold: best of its column (lowest HS after, highest FA, lowest over-
 def varying(jobs: list[Job]) -> tuple[list[str], str]:
     """Per job: the overrides that differ between jobs; and the ones they all share, joined."""
     split = [j.shown_overrides.split() for j in jobs]
-    common = [o for o in split[0] if all(o in s for s in split[1:])] if len(jobs) > 1 else []
+    common = shared_overrides(split) if len(jobs) > 1 else []
     return [" ".join(o for o in s if o not in common) for s in split], " ".join(common)
 
 
