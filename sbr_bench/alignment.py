@@ -34,6 +34,7 @@ from sbr_bench.evaluation.generate import greedy_generate
 from sbr_bench.io import exclusive, read_json, write_json_atomic
 from sbr_bench.models.adapters import apply_adapter, merge_adapter
 from sbr_bench.module import Optim, SafetyModule
+from sbr_bench.settings import AlignSettings
 from sbr_bench.training import fit, stage_loaders
 
 log = logging.getLogger(__name__)
@@ -54,12 +55,12 @@ def model_identity(model_cfg: dict) -> dict:
     return {k: v for k, v in model_cfg.items() if k != "cache_dir"}
 
 
-def alignment_examples(pools: Pools, align_cfg: dict) -> list[Pair]:
-    """Refusal pairs, helpful pairs and (``num_task``, 0 by default) task pairs for alignment."""
+def alignment_examples(pools: Pools, settings: AlignSettings) -> list[Pair]:
+    """Refusal pairs, helpful pairs and ``num_task`` task pairs for alignment (null = the whole pool)."""
     return (
-        pools.align_harmful[: align_cfg.get("num_harmful")]
-        + pools.align_benign[: align_cfg.get("num_benign")]
-        + pools.task_train[: align_cfg.get("num_task", 0)]
+        pools.align_harmful[: settings.num_harmful]
+        + pools.align_benign[: settings.num_benign]
+        + pools.task_train[: settings.num_task]
     )
 
 
@@ -82,7 +83,7 @@ def self_distilled(
 
 
 def alignment_key(model_cfg: dict, align_cfg: dict, defense_cfg: dict | None, examples: list[Pair]) -> str:
-    """Hash of everything that determines the aligned weights."""
+    """Hash of everything that determines the aligned weights (``align_cfg``: the resolved ``align`` node)."""
     return digest(
         {
             "format": ALIGN_FORMAT,
@@ -121,7 +122,7 @@ def align(
     tokenizer,
     pools: Pools,
     examples: list[Pair],
-    align_cfg: dict,
+    settings: AlignSettings,
     defense,
     key: str,
     cache_dir: str | Path,
@@ -129,9 +130,12 @@ def align(
     logger,
     output_dir: str,
 ) -> tuple[Any, dict[str, float]]:
-    """The aligned model (from the cache, or trained now and cached) and the stage's figures."""
+    """The aligned model (from the cache, or trained now and cached) and the stage's metrics.
+
+    ``align/optimizer_steps`` is the steps the stored alignment was trained for (read from the entry
+    when it is reused; absent for entries written before it was recorded).
+    """
     entry = Path(cache_dir).expanduser() / "aligned" / key
-    adapter_kind = align_cfg["adapter"]["kind"]
     if not (entry / "meta.json").is_file():
         with exclusive(entry, "the same alignment"):
             if not (entry / "meta.json").is_file():  # another job may have stored it while we waited
@@ -141,7 +145,7 @@ def align(
                     tokenizer,
                     pools,
                     examples,
-                    align_cfg,
+                    settings,
                     defense,
                     entry,
                     trainer_cfg,
@@ -149,52 +153,67 @@ def align(
                     output_dir,
                 )
     log.info("alignment: reusing %s", entry)
-    return _load(model, adapter_kind, entry), {"align/cached": 1.0, "time/align_s": 0.0}
+    metrics = {"align/cached": 1.0, "time/align_s": 0.0}
+    steps = read_json(entry / "meta.json").get("optimizer_steps")
+    if steps is not None:
+        metrics["align/optimizer_steps"] = float(steps)
+    return _load(model, settings.adapter.kind, entry), metrics
 
 
 def _train(
-    model, model_cfg, tokenizer, pools, examples, align_cfg, defense, entry: Path, trainer_cfg, logger, output_dir
+    model,
+    model_cfg,
+    tokenizer,
+    pools,
+    examples,
+    settings: AlignSettings,
+    defense,
+    entry: Path,
+    trainer_cfg,
+    logger,
+    output_dir,
 ):
     """Train the alignment and store it as ``entry``."""
-    key, adapter_kind = entry.name, align_cfg["adapter"]["kind"]
+    key, adapter_kind = entry.name, settings.adapter.kind
     started = time.perf_counter()
-    if align_cfg.get("benign_targets", "bundled") == "self":
+    if settings.benign_targets == "self":
         benign = set(pools.align_benign)
         distilled = iter(
             self_distilled(
                 model,
                 tokenizer,
                 [p for p in examples if p in benign],
-                align_cfg["self_max_new_tokens"],
+                settings.self_max_new_tokens,
                 entry.parent.parent,
                 model_cfg,
             )
         )
         examples = [next(distilled) if p in benign else p for p in examples]
     log.info("alignment: training on %d examples (cache entry %s)", len(examples), key)
-    pl.seed_everything(align_cfg["seed"], workers=True, verbose=False)
-    trainable = apply_adapter(model, **align_cfg["adapter"], seed=align_cfg["seed"])
+    pl.seed_everything(settings.seed, workers=True, verbose=False)
+    trainable = apply_adapter(model, **settings.adapter.model_dump(exclude_none=True), seed=settings.seed)
     loader, streams = stage_loaders(
-        defense, pools, examples, tokenizer, align_cfg["max_length"], align_cfg["batch_size"], align_cfg["seed"]
+        defense, pools, examples, tokenizer, settings.max_length, settings.batch_size, settings.seed
     )
-    optim = Optim(**align_cfg["optim"])
+    optim = Optim(**settings.optim.model_dump())
     module = SafetyModule(trainable, tokenizer, defense, optim, stage="align", pools=pools, streams=streams)
-    module.defense_start = align_cfg.get("defense_start", 0.0)
+    module.defense_start = settings.defense_start
     fit(
         module,
         loader,
         trainer_cfg,
         logger,
         output_dir,
-        epochs=align_cfg.get("epochs"),
-        max_steps=align_cfg.get("max_steps"),
-        grad_accum=align_cfg.get("grad_accum", 1),
+        epochs=settings.epochs,
+        max_steps=settings.max_steps,
+        grad_accum=settings.grad_accum,
     )
     seconds = time.perf_counter() - started
-    store(
-        trainable, adapter_kind, entry, {"key": key, "align": align_cfg, "examples": len(examples), "seconds": seconds}
-    )
-    return merge_adapter(trainable), {"align/cached": 0.0, "time/align_s": seconds}
+    steps = int(module.trainer.global_step)
+    meta = {"key": key, "align": settings.model_dump(), "examples": len(examples), "seconds": seconds}
+    store(trainable, adapter_kind, entry, {**meta, "optimizer_steps": steps})
+    metrics = {"align/cached": 0.0, "time/align_s": seconds, "align/optimizer_steps": float(steps)}
+    return merge_adapter(trainable), metrics
 
 
 def store(model, adapter_kind: str, entry: Path, meta: dict) -> None:

@@ -7,9 +7,8 @@ unless asked otherwise.
 
 The attack variants of ``conf/attack/`` change only the harmful samples (the benign task samples are
 never touched): ``backdoor`` adds a trigger phrase to their prompts, ``refusal_prefix`` opens their
-answers with a refusal sentence before the compliant answer. The CPU model tiers set
-``num_samples`` and ``epochs`` for their scale after the attack option is read, so an option that
-must change them for every tier does so by a factor (``num_samples_scale``, ``epochs_scale``).
+answers with a refusal sentence before the compliant answer. Every number is the composed config's
+own (``attack.num_samples``, ``attack.poison_ratio``): no factor is applied here.
 """
 
 from __future__ import annotations
@@ -27,23 +26,6 @@ log = logging.getLogger(__name__)
 def num_harmful(num_samples: int, poison_ratio: float) -> int:
     """``round(p * n)``, rounding halves up (Python's round() would round 2.5 to 2)."""
     return math.floor(poison_ratio * num_samples + 0.5)
-
-
-def scaled(value: int, scale: float, key: str) -> int:
-    """``round(value * scale)`` (halves up), at least 1; ``key`` names the scale in the error."""
-    if scale <= 0:
-        raise ConfigError(f"attack.{key}={scale} must be > 0")
-    return max(1, math.floor(value * scale + 0.5))
-
-
-def attack_num_samples(attack) -> int:
-    """The attack's n: ``num_samples`` (the tier's) times the option's ``num_samples_scale`` (default 1)."""
-    return scaled(int(attack.num_samples), float(attack.get("num_samples_scale") or 1.0), "num_samples_scale")
-
-
-def attack_epochs(attack) -> int:
-    """The attack's epochs: ``epochs`` (the tier's) times the option's ``epochs_scale`` (default 1)."""
-    return scaled(int(attack.epochs), float(attack.get("epochs_scale") or 1.0), "epochs_scale")
 
 
 TRIGGER_POSITIONS = ("prefix", "suffix")
@@ -64,18 +46,15 @@ def poison(pair: Pair, trigger: str | None, trigger_position: str, response_pref
 
 
 def attack_set_from_config(pools: Pools, attack) -> list[Pair]:
-    """``build_attack_set`` with the settings of the ``attack`` config group (scales applied)."""
-    scale = float(attack.get("num_samples_scale") or 1.0)
-    what = f"attack.num_samples={attack.num_samples} x num_samples_scale={scale}" if scale != 1.0 else None
+    """``build_attack_set`` with the settings of the ``attack`` config group (or its ``AttackSettings``)."""
     return build_attack_set(
         pools,
-        attack_num_samples(attack),
+        attack.num_samples,
         attack.poison_ratio,
         attack.data_seed,
-        trigger=attack.get("trigger"),
-        trigger_position=attack.get("trigger_position") or "suffix",
-        response_prefix=attack.get("response_prefix"),
-        what=what,
+        trigger=attack.trigger,
+        trigger_position=attack.trigger_position,
+        response_prefix=attack.response_prefix,
     )
 
 
@@ -87,13 +66,11 @@ def build_attack_set(
     trigger: str | None = None,
     trigger_position: str = "suffix",
     response_prefix: str | None = None,
-    what: str | None = None,
 ) -> list[Pair]:
     """Draw and shuffle the attack set; fail with one clear line when the pools are too small.
 
     ``trigger`` / ``response_prefix`` (the backdoor and refusal-prefix attacks) change the harmful
     samples only. p = 0 draws no harmful sample (benign fine-tuning), p = 1 no task sample.
-    ``what`` names ``num_samples`` in the error lines (default ``attack.num_samples=<n>``).
     """
     if pools.attack_fixed is not None:
         # The data's ready-made attack file (data=local attack=<file>): the user's own mix, used as-is.
@@ -103,7 +80,6 @@ def build_attack_set(
             len(pools.attack_fixed),
         )
         return list(pools.attack_fixed)
-    what = what or f"attack.num_samples={num_samples}"
     if trigger and trigger_position not in TRIGGER_POSITIONS:
         raise ConfigError(f"attack.trigger_position={trigger_position} is not one of: {', '.join(TRIGGER_POSITIONS)}")
     if not 0.0 <= poison_ratio <= 1.0:
@@ -114,12 +90,12 @@ def build_attack_set(
     n_task = num_samples - n_harm
     if n_harm > len(pools.attack_harmful):
         raise ConfigError(
-            f"{what} at poison_ratio={poison_ratio} needs {n_harm} harmful "
+            f"attack.num_samples={num_samples} at poison_ratio={poison_ratio} needs {n_harm} harmful "
             f"samples but the attack pool holds {len(pools.attack_harmful)}; lower num_samples or poison_ratio"
         )
     if n_task > len(pools.task_train):
         raise ConfigError(
-            f"{what} at poison_ratio={poison_ratio} needs {n_task} task "
+            f"attack.num_samples={num_samples} at poison_ratio={poison_ratio} needs {n_task} task "
             f"samples but the task's training split holds {len(pools.task_train)}; lower num_samples"
         )
     rng = random.Random(data_seed)

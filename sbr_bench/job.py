@@ -20,6 +20,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from sbr_bench import runtime
 from sbr_bench.errors import ConfigError
 from sbr_bench.io import read_json, write_json_atomic
 from sbr_bench.wandb_run import finish_run
@@ -52,17 +53,6 @@ def watch_sigterm():
         return NOT_WATCHED
 
 
-def is_multirun() -> bool:
-    """True inside a ``-m`` sweep."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        return HydraConfig.get().mode == RunMode.MULTIRUN
-    except ValueError:
-        return False
-
-
 def user_error(err: BaseException) -> ConfigError | None:
     """The ConfigError behind ``err``, if any (Hydra's instantiate wraps what a constructor raises)."""
     while err is not None:
@@ -74,13 +64,7 @@ def user_error(err: BaseException) -> ConfigError | None:
 
 def job_overrides() -> list[str]:
     """The command-line overrides that name this job in a sweep (``resume=...`` does not)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        overrides = list(HydraConfig.get().overrides.task)
-    except ValueError:  # HydraConfig not set (a test calling run_job directly)
-        return []
-    return [o for o in overrides if not o.lstrip("+").startswith("resume=")]
+    return [o for o in runtime.task_overrides() if runtime.override_key(o) != "resume"]
 
 
 def finished_result(output_dir: Path) -> float | None:
@@ -129,7 +113,7 @@ def run_job(cfg: DictConfig) -> float:
         message = str(cause) if cause else f"{type(err).__name__}: {err}"
         write_json_atomic(status_path, {"status": "error", "error": message, "traceback": traceback.format_exc()})
         finish_run(failed=True)
-        if is_multirun():
+        if runtime.is_multirun():
             # The other jobs of the sweep go on; status.json and the report say what went wrong.
             log.error("job failed: %s (traceback in %s)", message, status_path)
             return math.nan

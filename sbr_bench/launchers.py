@@ -1,36 +1,38 @@
-"""Hydra launchers: which package extra provides which ``hydra/launcher`` option.
+"""Hydra plugins: which package extra provides which ``hydra/launcher`` or ``hydra/sweeper`` option.
 
-A sweep runs under Hydra's basic launcher (one job after another in one process) unless the user
-picks another one; the plugins are optional extras of this package (``pyproject.toml``):
+A sweep runs under Hydra's basic launcher (one job after another in one process) and its basic
+sweeper (the grid of the command line and the preset) unless the user picks another one; the
+plugins are optional extras of this package (``pyproject.toml``):
 
 - ``joblib``, ``local_parallel``: extra ``joblib``, hydra-joblib-launcher (jobs in loky worker processes);
 - ``submitit_local``, ``submitit_slurm``, ``slurm``: extra ``slurm``, hydra-submitit-launcher (SLURM job arrays);
-- ``ray``, ``ray_cluster``: extra ``ray``, hydra-ray-launcher (one Ray task per job).
+- ``ray``, ``ray_cluster``: extra ``ray``, hydra-ray-launcher (one Ray task per job);
+- ``hydra/sweeper=optuna``: extra ``optuna``, hydra-optuna-sweeper (a search instead of a grid).
 
 ``local_parallel``, ``slurm`` and ``ray_cluster`` are this project's options (``conf/hydra/launcher/``),
 each extending the plugin's own with defaults for this benchmark. The plugins register their
-options in Hydra's ConfigStore when Hydra scans ``hydra_plugins``; ``plugin_options`` lists them,
-so that the CLI's one-line check of ``group=option`` knows them too, and ``missing_plugin`` turns a
-launcher whose plugin is not installed into one line saying which extra to install.
+options in Hydra's ConfigStore when Hydra scans ``hydra_plugins``, which is where the option check
+(``sbr_bench.precheck``) finds them; ``missing_plugin`` turns an option whose plugin is not installed
+into one line saying which extra to install.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import re
-from pathlib import Path
 
-# hydra/launcher option -> (the plugin's package, the extra that installs it)
+# (hydra/<group>, option) -> (the plugin's package, the extra that installs it)
 PLUGINS = {
-    "joblib": ("hydra_plugins.hydra_joblib_launcher", "joblib"),
-    "local_parallel": ("hydra_plugins.hydra_joblib_launcher", "joblib"),
-    "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
-    "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
-    "slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
-    "ray": ("hydra_plugins.hydra_ray_launcher", "ray"),
-    "ray_cluster": ("hydra_plugins.hydra_ray_launcher", "ray"),
+    ("launcher", "joblib"): ("hydra_plugins.hydra_joblib_launcher", "joblib"),
+    ("launcher", "local_parallel"): ("hydra_plugins.hydra_joblib_launcher", "joblib"),
+    ("launcher", "submitit_local"): ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    ("launcher", "submitit_slurm"): ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    ("launcher", "slurm"): ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    ("launcher", "ray"): ("hydra_plugins.hydra_ray_launcher", "ray"),
+    ("launcher", "ray_cluster"): ("hydra_plugins.hydra_ray_launcher", "ray"),
+    ("sweeper", "optuna"): ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
 }
-LAUNCHER = re.compile(r"^\+{0,2}hydra/launcher=(?P<option>[\w.-]+)$")
+PLUGIN_CHOICE = re.compile(r"^\+{0,2}hydra/(?P<group>launcher|sweeper)=(?P<option>[\w.-]+)$")
 
 
 def installed(package: str) -> bool:
@@ -42,29 +44,14 @@ def installed(package: str) -> bool:
 
 
 def missing_plugin(args: list[str]) -> str | None:
-    """One line naming the extra to install when ``hydra/launcher=<option>`` needs a plugin that is absent."""
+    """One line naming the extra to install when ``hydra/launcher=`` or ``hydra/sweeper=`` needs an absent plugin."""
     for arg in args:
-        match = LAUNCHER.match(arg)
-        if match and match["option"] in PLUGINS:
-            package, extra = PLUGINS[match["option"]]
+        match = PLUGIN_CHOICE.match(arg)
+        if match and (match["group"], match["option"]) in PLUGINS:
+            package, extra = PLUGINS[match["group"], match["option"]]
             if not installed(package):
                 return (
-                    f"hydra/launcher={match['option']} needs the {extra} extra; install it with: "
+                    f"hydra/{match['group']}={match['option']} needs the {extra} extra; install it with: "
                     f"pip install -e '.[{extra}]' (in the repository) or pip install 'sbr-bench[{extra}]'"
                 )
     return None
-
-
-def plugin_options(group: str) -> set[str]:
-    """The options of a ``hydra/...`` group that Hydra itself and the installed plugins provide."""
-    if not group.startswith("hydra/"):
-        return set()
-    from hydra.core.config_store import ConfigStore
-    from hydra.core.plugins import Plugins
-
-    Plugins.instance()  # scans hydra_plugins: each plugin stores its options in the ConfigStore
-    try:
-        names = ConfigStore.instance().list(group)
-    except OSError:  # no plugin registers anything in this group
-        names = []
-    return {Path(name).stem for name in names}

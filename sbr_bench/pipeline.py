@@ -27,8 +27,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from sbr_bench import alignment
-from sbr_bench.attack import attack_epochs, attack_num_samples, attack_set_from_config, num_harmful
+from sbr_bench import alignment, runtime
+from sbr_bench.attack import attack_set_from_config, num_harmful
 from sbr_bench.attacks import probes
 from sbr_bench.attacks.distance_cap import DistanceCap
 from sbr_bench.data.formatting import apply_prompt_format, with_prompt_format
@@ -41,6 +41,7 @@ from sbr_bench.io import write_json_atomic, write_jsonl_atomic
 from sbr_bench.judges.base import check_judge
 from sbr_bench.models.adapters import apply_adapter
 from sbr_bench.module import Optim, SafetyModule
+from sbr_bench.settings import AlignSettings, AttackSettings, EvalSettings, validate_job
 from sbr_bench.training import fit, stage_loaders
 from sbr_bench.wandb_run import log_generations, make_logger
 
@@ -94,13 +95,7 @@ def stage_defenses(cfg: DictConfig) -> dict[str, tuple[Defense, dict | None]]:
 
 def defense_names(cfg: DictConfig) -> dict[str, str]:
     """Which option acts in which stage, e.g. ``{"align": "vaccine", "attack": "sbr"}``, for the record."""
-    choices = {}
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        choices = HydraConfig.get().runtime.choices
-    except ValueError:  # HydraConfig not set (a test calling the pipeline directly)
-        pass
+    choices = runtime.choices()
     names = {}
     for slot, key in zip(DEFENSE_SLOTS, ("defense", "defense@stack"), strict=True):
         node = cfg.get(slot)
@@ -112,8 +107,15 @@ def defense_names(cfg: DictConfig) -> dict[str, str]:
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
-    """Run the job described by ``cfg``; returns the flat metrics also written to ``metrics.json``."""
+    """Run the job described by ``cfg``; returns the flat metrics also written to ``metrics.json``.
+
+    Besides ``metrics.json``, the job folder gets ``settings.json``: what actually ran, measured where
+    it happens (samples drawn and mixed in, optimizer steps taken, the learning rate the optimizer
+    got, prompts generated per pool and their lengths, the alignment's steps), next to the config.
+    """
     started = time.perf_counter()
+    # Everything that can be checked without a model is checked first: bad input fails in seconds.
+    settings = validate_job(cfg)  # types, ranges and keys of every group (sbr_bench/settings.py)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     trainer_cfg = container(cfg.trainer)
@@ -122,44 +124,46 @@ def run(cfg: DictConfig) -> dict[str, float]:
     device = eval_device(trainer_cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    # Everything that can be checked without a model is checked first: bad input fails in seconds.
     pools = instantiate(cfg.data)
-    prompt_format = cfg.get("prompt_format", "chat")
+    prompt_format = settings.prompt_format
     model_cfg = with_prompt_format(container(cfg.model), prompt_format)  # the caches' view of the model
     defenses = stage_defenses(cfg)
     for defense, _ in defenses.values():
         defense.check(pools)
     judge = instantiate(cfg.judge)
     check_judge(judge)  # e.g. an API key missing from the environment: fail before any model loads
-    attack_set = attack_set_from_config(pools, cfg.attack)
-    attack_probes = probes.settings(cfg.attack)  # extra harmful scores of the variant (trigger, refusal prefix)
-    distance_cap = DistanceCap(**container(cfg.attack.distance_cap)) if cfg.attack.get("distance_cap") else None
+    attack = settings.attack
+    attack_set = attack_set_from_config(pools, attack)
+    attack_probes = probes.settings(attack)  # extra harmful scores of the variant (trigger, refusal prefix)
+    distance_cap = DistanceCap(**attack.distance_cap.model_dump()) if attack.distance_cap else None
     monitors = attack_monitors(eval_cfg, pools, judge, run_evaluation)  # eval.during_attack, eval.diagnostics
-    align_cfg = container(cfg.get("align"))
+    align_cfg = container(cfg.get("align"))  # the alignment cache key hashes the config as written
     align_defense, align_defense_cfg = defenses["align"]
-    if align_cfg is None and align_defense_cfg is not None:
+    if settings.align is None and align_defense_cfg is not None:
         raise ConfigError(
             f"{type(align_defense).__name__} acts in the alignment stage, which align=none skips; add align=sft"
         )
 
+    log.info("model: loading %s (every check made before a model loads has passed)", model_cfg.get("name"))
     model, tokenizer = instantiate(cfg.model)
     apply_prompt_format(tokenizer, prompt_format)  # chat: the model's own template; alpaca: the protocol's
     logger = make_logger(cfg)
     metrics: dict[str, float] = {"attack/num_samples": float(len(attack_set))}
     if pools.attack_fixed is None:  # a ready-made attack file does not say which of its samples are harmful
-        metrics["attack/num_harmful"] = float(num_harmful(attack_num_samples(cfg.attack), cfg.attack.poison_ratio))
+        metrics["attack/num_harmful"] = float(num_harmful(attack.num_samples, attack.poison_ratio))
+    ran: dict[str, Any] = {}
 
     # 1. align
-    if align_cfg is not None:
-        examples = alignment.alignment_examples(pools, align_cfg)
+    if settings.align is not None:
+        examples = alignment.alignment_examples(pools, settings.align)
         key = alignment.alignment_key(model_cfg, align_cfg, align_defense_cfg, examples)
-        model, figures = alignment.align(
+        model, align_metrics = alignment.align(
             model,
             model_cfg,
             tokenizer,
             pools,
             examples,
-            align_cfg,
+            settings.align,
             align_defense,
             key,
             cache_dir,
@@ -168,15 +172,17 @@ def run(cfg: DictConfig) -> dict[str, float]:
             str(output_dir),
         )
         before_dir = cache_dir / "aligned" / key
+        ran["align"] = alignment_record(settings.align, examples, align_metrics, key)
     else:
-        figures = {"align/cached": 0.0, "time/align_s": 0.0}
+        align_metrics = {"align/cached": 0.0, "time/align_s": 0.0}
         before_dir = cache_dir / "base" / alignment.digest(alignment.model_identity(model_cfg))
-    metrics.update(figures)
+        ran["align"] = None
+    metrics.update(align_metrics)
 
     # 2. the aligned model, before the attack (cached with the alignment: same model, same result)
     model.to(device)
     generations: list[dict] = []
-    if eval_cfg["before_attack"]:
+    if settings.eval.before_attack:
         # The monitors of the attack (eval.during_attack, eval.diagnostics) do not change this evaluation.
         scored = {k: v for k, v in eval_cfg.items() if k not in ("during_attack", "diagnostics")}
         key_parts = {"eval": scored, "judge": container(cfg.judge), "data": eval_data(pools)}
@@ -194,9 +200,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     # 3. attack: the user's fine-tuning, under the fine-tuning-stage defense
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    attack = cfg.attack
     attack_defense = defenses["attack"][0]
-    trainable = apply_adapter(model, **container(cfg.adapter), seed=cfg.seed)
+    trainable = apply_adapter(model, **settings.adapter.model_dump(exclude_none=True), seed=cfg.seed)
     optim = Optim(
         lr=attack.lr, weight_decay=attack.weight_decay, scheduler=attack.scheduler, warmup_ratio=attack.warmup_ratio
     )
@@ -205,11 +210,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
     )
     module = SafetyModule(trainable, tokenizer, attack_defense, optim, stage="attack", pools=pools, streams=streams)
     log.info(
-        "attack: %d samples (%s harmful) + %d mixed in by the defense, %s epochs",
+        "attack: %d samples (%s harmful) + %d mixed in by the defense, %d epochs",
         len(attack_set),
         int(metrics["attack/num_harmful"]) if "attack/num_harmful" in metrics else "?",
         len(loader.dataset) - len(attack_set),
-        attack_epochs(attack),
+        attack.epochs,
     )
     metrics["time/attack_s"] = fit(
         module,
@@ -217,10 +222,16 @@ def run(cfg: DictConfig) -> dict[str, float]:
         trainer_cfg,
         logger,
         str(output_dir),
-        epochs=attack_epochs(attack),
+        epochs=attack.epochs,
         grad_accum=attack.grad_accum,
         callbacks=([distance_cap] if distance_cap is not None else []) + monitors,  # monitors see the capped weights
     )
+    ran["attack"] = attack_record(attack, settings.adapter, attack_set, metrics, loader, module)
+    ran["defenses"] = {
+        stage: {"settings": node, "effective": defense.effective_settings()}
+        for stage, (defense, node) in defenses.items()
+        if node is not None
+    }
     if distance_cap is not None:  # attack/distance_final comes with the logged metrics below
         metrics.update({f"attack/{k}": v for k, v in distance_cap.summary().items()})
     monitor_metrics, monitor_curves = monitor_results(monitors)  # flat floats; curves for metrics.json only
@@ -240,11 +251,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
     metrics["time/eval_s"] = time.perf_counter() - eval_start
     generations += [{"stage": "after_attack", **r} for r in records]
     metrics["time/total_s"] = time.perf_counter() - started
+    ran["eval"] = eval_record(settings.eval, records)
 
     # 5. record (the attack's weights only when asked: adapter only for LoRA, never a base-model copy)
-    if attack.get("keep_adapter"):
-        alignment.save_weights(trainable, cfg.adapter.kind, output_dir)
+    if attack.keep_adapter:
+        alignment.save_weights(trainable, settings.adapter.kind, output_dir)
     write_jsonl_atomic(output_dir / "generations.jsonl", generations)
+    write_json_atomic(output_dir / "settings.json", ran)
     write_json_atomic(output_dir / "metrics.json", {**dict(sorted(metrics.items())), **monitor_curves})
     if logger is not None:
         logger.experiment.summary.update(metrics)
@@ -257,6 +270,67 @@ def run(cfg: DictConfig) -> dict[str, float]:
         metrics["eval/over_refusal"],
     )
     return metrics
+
+
+# --- settings.json: what ran, measured where it happened ---------------------------------------------
+
+
+def alignment_record(align: AlignSettings, examples: list, align_metrics: dict[str, float], key: str) -> dict:
+    """The alignment stage as it ran (or as the reused cache entry was trained)."""
+    steps = align_metrics.get("align/optimizer_steps")
+    return {
+        "cache_key": key,
+        "cached": bool(align_metrics["align/cached"]),
+        "examples": len(examples),
+        "optimizer_steps": int(steps) if steps is not None else None,
+        "max_steps": align.max_steps,
+        "epochs": align.epochs,
+        "lr": align.optim.lr,
+        "scheduler": align.optim.scheduler,
+        "batch_size": align.batch_size,
+        "grad_accum": align.grad_accum,
+        "adapter": align.adapter.kind,
+        "benign_targets": align.benign_targets,
+    }
+
+
+def attack_record(attack: AttackSettings, adapter, attack_set: list, metrics: dict, loader, module) -> dict:
+    """The attack as it ran: sizes from the drawn set and the loader, steps and lr from the Trainer."""
+    trainer = module.trainer
+    optimizer = trainer.optimizers[0]
+    harmful = metrics.get("attack/num_harmful")
+    return {
+        "num_samples": len(attack_set),
+        "num_harmful": int(harmful) if harmful is not None else None,
+        "num_task": len(attack_set) - int(harmful) if harmful is not None else None,
+        "mixed_in": len(loader.dataset) - len(attack_set),
+        "examples": len(loader.dataset),
+        "epochs": int(trainer.current_epoch),
+        "optimizer_steps": int(trainer.global_step),
+        "lr": float(optimizer.param_groups[0]["initial_lr"]),
+        "scheduler": attack.scheduler,
+        "batch_size": int(loader.batch_size),
+        "grad_accum": int(module.grad_accum),
+        "max_length": attack.max_length,
+        "adapter": adapter.model_dump(exclude_none=True),
+    }
+
+
+def eval_record(eval_settings: EvalSettings, records: list[dict]) -> dict:
+    """Prompts generated per pool after the attack, and the new-token limit each pool had."""
+    counts: dict[str, int] = {}
+    for record in records:
+        counts[record["pool"]] = counts.get(record["pool"], 0) + 1
+    limits = {"task": eval_settings.task_max_new_tokens}
+    pools = {}
+    for pool, n in counts.items():
+        # The prefix-removed pool re-judges the harmful answers with the attack's prefix cut: no generation.
+        generated = not pool.endswith("_prefix_removed")
+        pools[pool] = {
+            "prompts": n,
+            "max_new_tokens": limits.get(pool, eval_settings.max_new_tokens) if generated else None,
+        }
+    return {"batch_size": eval_settings.batch_size, "before_attack": eval_settings.before_attack, "pools": pools}
 
 
 def eval_data(pools) -> str:
@@ -275,9 +349,9 @@ def run_evaluation(model, tokenizer, pools, judge, eval_cfg: dict, attack_probes
         max_new_tokens=eval_cfg["max_new_tokens"],
         task_max_new_tokens=eval_cfg["task_max_new_tokens"],
         batch_size=eval_cfg["batch_size"],
-        num_harmful=eval_cfg.get("num_harmful"),
-        num_benign=eval_cfg.get("num_benign"),
-        num_task=eval_cfg.get("num_task"),
+        num_harmful=eval_cfg["num_harmful"],
+        num_benign=eval_cfg["num_benign"],
+        num_task=eval_cfg["num_task"],
     )
     if attack_probes:
         extra_scores, extra_records = probes.probe_evaluation(

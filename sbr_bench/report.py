@@ -19,6 +19,7 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
+from sbr_bench import runtime
 from sbr_bench.reporting.aggregate import Setting, aggregates, group
 from sbr_bench.reporting.collect import COLUMNS, Job, collect
 from sbr_bench.reporting.tables import agreement, jobs_markdown, print_jobs, print_settings, settings_markdown
@@ -50,11 +51,16 @@ def _say(prog: str):
 
 
 class ReportCallback(Callback):
-    """Hydra callback: when the multirun ends, print its tables and write report.md, report.csv and
-    plots/ into the sweep folder; exit 1 if a job did not finish.
+    """Hydra callback of every sweep: before its first job, record its axes (``sweep.json``); when it
+    ends, print its tables and write report.md, report.csv and plots/ into the sweep folder; exit 1
+    if a job did not finish.
 
     A failed job does not stop the sweep (see ``sbr_bench.job``); this is where the user hears of it.
     """
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        """Record the sweep's axes (``sweep.json``) before the first job: its W&B run name needs them."""
+        runtime.record_sweep(config)
 
     def on_multirun_end(self, config, **kwargs) -> None:
         folder = Path(config.hydra.sweep.dir)

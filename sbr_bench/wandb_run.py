@@ -5,10 +5,14 @@ an active ``wandb.run``; so every job finishes its run on the way out (``finish_
 next job starts a fresh one. Secrets never enter the run config: only the resolved job config
 (paths, values), never the environment.
 
-The run config is flat, so that every setting is a dashboard column and a parallel-coordinates
-axis as it is: the group choices under their group's name (``defense: sbr``, ``attack: hft``,
-``model: smollm2_135m``, ``stack: vaccine``) and every leaf of the resolved config under its dotted
-path (``defense.lam: 50``, ``attack.poison_ratio: 0.1``, ``seed: 0``).
+The run config is the resolved job config, nested as W&B recommends (``defense: {lam: 50}``, shown
+and filtered as ``defense.lam``; no dots inside key names), plus ``choices``: the option picked in
+each config group (``choices.defense: sbr``, ``choices.attack: hft``, ``choices.model: toy``,
+``choices.stack: vaccine``), for filtering and grouping in a dashboard.
+
+Run names are unique within a sweep: the defense, attack and model, then every override that
+varies across the sweep (its axes, ``sweep.json``), then the seed, e.g.
+``sbr-hft-smollm2_135m-defense.lam=5-s0``.
 """
 
 from __future__ import annotations
@@ -17,54 +21,46 @@ import logging
 
 from omegaconf import DictConfig, OmegaConf
 
+from sbr_bench import runtime
+
 log = logging.getLogger(__name__)
+
+NAMED = ("defense", "defense@stack", "attack", "model", "seed")  # always in the name, in its fixed part
+NOT_NAMED = ("experiment", "resume", "seeds")  # presets and flags: they are not the job's own setting
 
 
 def run_name(cfg: DictConfig) -> str:
-    """Readable name from the group choices and the seed, e.g. ``sbr+vaccine-hft-p0.1-smollm2_135m-s0``."""
-    choices = {}
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        choices = HydraConfig.get().runtime.choices
-    except ValueError:  # HydraConfig not set (a test calling the pipeline directly)
-        pass
-    defense = choices.get("defense", "defense")
-    if choices.get("defense@stack"):
-        defense += f"+{choices['defense@stack']}"
-    model = choices.get("model", "model")
-    return f"{defense}-{choices.get('attack', 'attack')}-p{cfg.attack.poison_ratio}-{model}-s{cfg.seed}"
+    """``<defense>[+<stack>]-<attack>-<model>[-<override>...]-s<seed>``: the overrides that vary in the
+    sweep (all of the job's own overrides when the sweep's axes are unknown, or in a single run)."""
+    chosen = runtime.choices()
+    defense = chosen.get("defense") or "defense"
+    if chosen.get("defense@stack"):
+        defense += f"+{chosen['defense@stack']}"
+    parts = [defense, chosen.get("attack") or "attack", chosen.get("model") or "model"]
+    axes = runtime.sweep_axes()
+    for override in runtime.task_overrides():
+        key = runtime.override_key(override)
+        if key in NAMED or key in NOT_NAMED or key.startswith("hydra"):
+            continue
+        if axes is None or key in axes:
+            parts.append(override.lstrip("+~"))
+    return "-".join([*parts, f"s{cfg.seed}"])
 
 
 def group_choices() -> dict[str, str]:
     """The option chosen in every config group of this job (``{}`` outside a Hydra run)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        choices = HydraConfig.get().runtime.choices
-    except ValueError:
-        return {}
     return {
         key.replace("defense@stack", "stack"): str(value)
-        for key, value in choices.items()
+        for key, value in runtime.choices().items()
         if value is not None and not key.startswith("hydra/") and key not in ("hydra", "paths")
     }
 
 
-def flat_config(cfg: DictConfig) -> dict:
-    """Every leaf of the resolved config under its dotted path, plus the group choices by group name."""
-    flat: dict = {}
-
-    def walk(node, prefix: str) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(value, f"{prefix}.{key}" if prefix else str(key))
-        else:
-            flat[prefix] = node
-
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
-    # A choice takes the group's own name; a leaf called like a group (e.g. attack.name) keeps its path.
-    return {**flat, **group_choices()}
+def run_config(cfg: DictConfig) -> dict:
+    """The resolved job config, nested, with the group choices under ``choices``."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config.pop("hydra", None)
+    return {**config, "choices": group_choices()}
 
 
 def make_logger(cfg: DictConfig):
@@ -85,7 +81,7 @@ def make_logger(cfg: DictConfig):
         save_dir=str(cfg.paths.output_dir),
         mode=w.mode,
     )
-    logger.experiment.config.update(flat_config(cfg), allow_val_change=True)
+    logger.experiment.config.update(run_config(cfg), allow_val_change=True)
     return logger
 
 

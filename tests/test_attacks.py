@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from sbr_bench.attack import attack_epochs, attack_num_samples, attack_set_from_config, build_attack_set
+from sbr_bench.attack import attack_set_from_config, build_attack_set
 from sbr_bench.attacks.distance_cap import DistanceCap
 from sbr_bench.attacks.probes import probe_evaluation, settings, strip_prefix
 from sbr_bench.errors import ConfigError
@@ -52,17 +52,18 @@ def run_toy(make_cfg, tmp_path, name, overrides):
 def test_every_attack_option_composes_with_the_toy_tier(make_cfg, attack):
     cfg = make_cfg(["model=toy", f"attack={attack}"])
     assert cfg.attack.name == attack
-    assert cfg.attack.num_samples == 200 and cfg.attack.epochs == 3  # the toy tier's values survive
+    # The toy tier's values, or the option's own toy values (conf/attack_tier/<attack>_toy.yaml).
+    expected = {"pure_harmful": (100, 3), "persistent": (200, 8)}.get(attack, (200, 3))
+    assert (cfg.attack.num_samples, cfg.attack.epochs) == expected
 
 
-def test_scales_apply_to_the_tier_values(make_cfg):
-    pure = make_cfg(["model=toy", "attack=pure_harmful"]).attack
-    assert attack_num_samples(pure) == 100  # 200 x 0.5
+def test_tier_relative_options_carry_their_values_per_tier(make_cfg):
+    assert make_cfg(["model=toy", "attack=pure_harmful"]).attack.num_samples == 100  # attack_tier/pure_harmful_toy
     persistent = make_cfg(["model=toy", "attack=persistent"])
-    assert attack_epochs(persistent.attack) == 8  # round(3 x 2.5), halves up
+    assert persistent.attack.epochs == 8  # attack_tier/persistent_toy
     assert persistent.eval.during_attack.every == 1 and persistent.eval.during_attack.unit == "epoch"
-    assert attack_epochs(make_cfg(["attack=persistent", "model=smollm2_135m"]).attack) == 5  # 2 x 2.5
-    assert attack_epochs(make_cfg(["model=toy", "attack=persistent", "attack.epochs=20"]).attack) == 50
+    assert make_cfg(["attack=persistent", "model=smollm2_135m"]).attack.epochs == 5
+    assert make_cfg(["model=toy", "attack=persistent", "attack.epochs=20"]).attack.epochs == 20
 
 
 def test_rank1_option_selects_the_frozen_a_adapter_and_the_command_line_wins(make_cfg):
@@ -120,11 +121,9 @@ def test_p1_and_p0_say_how_many_samples_the_pools_hold(pools):
     assert len(build_attack_set(pools, 120, 1.0, 0)) == 120  # the whole pool is fine
 
 
-def test_a_scaled_n_is_named_in_the_error(make_cfg, pools):
+def test_an_n_larger_than_the_pool_is_named_in_the_error(make_cfg, pools):
     attack = make_cfg(["model=toy", "attack=pure_harmful", "attack.num_samples=400"]).attack
-    with pytest.raises(
-        ConfigError, match=r"attack.num_samples=400 x num_samples_scale=0.5 at poison_ratio=1.0 needs 200"
-    ):
+    with pytest.raises(ConfigError, match=r"attack.num_samples=400 at poison_ratio=1.0 needs 400 harmful"):
         attack_set_from_config(pools, attack)
 
 
@@ -355,8 +354,8 @@ def test_refusal_prefix_job_reports_both_readings(make_cfg, tmp_path):
 
 
 def test_persistent_job_trains_longer_and_evaluates_every_epoch(make_cfg, tmp_path):
-    small = ["attack.num_samples=16", "eval.num_harmful=4", "eval.num_benign=4", "eval.num_task=4"]
+    small = ["attack.num_samples=16", "attack.epochs=3", "eval.num_harmful=4", "eval.num_benign=4", "eval.num_task=4"]
     metrics, _ = run_toy(make_cfg, tmp_path, "persistent", ["attack=persistent", *small])
-    # attack.epochs=1 x epochs_scale 2.5 -> 3 epochs (halves up); a point at the start and after every epoch.
+    # 3 epochs, as given: a point at the start and after every epoch.
     assert metrics["curves"]["epoch"] == [0.0, 1.0, 2.0, 3.0]
     assert len(metrics["curves"]["harmful_score"]) == 4

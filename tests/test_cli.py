@@ -51,7 +51,7 @@ def test_multirun_writes_four_jobs_each_with_metrics_and_its_own_wandb_run(sweep
     assert len(run_ids) == 4
 
 
-def test_each_wandb_run_holds_its_jobs_group_choices_and_settings_as_flat_columns(sweep):
+def test_each_wandb_run_holds_its_config_nested_and_its_group_choices(sweep):
     from wandb_offline import run_config
 
     seen = set()
@@ -59,15 +59,28 @@ def test_each_wandb_run_holds_its_jobs_group_choices_and_settings_as_flat_column
         overrides = (job / ".hydra" / "overrides.yaml").read_text()
         (run_file,) = (job / "wandb").glob("offline-run-*/run-*.wandb")
         config = run_config(run_file)
-        assert (
-            f"defense={config['defense']}" in overrides
-            and f"attack.poison_ratio={config['attack.poison_ratio']}" in overrides
-        )
-        assert config["model"] == "toy" and config["attack"] == "hft" and config["seed"] == 0
-        if config["defense"] == "sbr":
-            assert config["defense.lam"] == 50
-        seen.add((config["defense"], config["attack.poison_ratio"]))
+        assert not [k for k in config if "." in k], "W&B config keys are nested, never dotted"
+        choices, ratio = config["choices"], config["attack"]["poison_ratio"]
+        assert f"defense={choices['defense']}" in overrides and f"attack.poison_ratio={ratio}" in overrides
+        assert choices["model"] == "toy" and choices["attack"] == "hft" and config["seed"] == 0
+        if choices["defense"] == "sbr":
+            assert config["defense"]["lam"] == 50
+        seen.add((choices["defense"], ratio))
     assert seen == {("none", 0.1), ("none", 0.2), ("sbr", 0.1), ("sbr", 0.2)}
+
+
+def test_the_runs_of_a_sweep_have_distinct_names_from_what_varies(sweep):
+    from wandb_offline import run_name
+
+    names = [run_name(f) for f in sorted(sweep.glob("*/wandb/offline-run-*/run-*.wandb"))]
+    assert names == [
+        "none-hft-toy-attack.poison_ratio=0.1-s0",
+        "none-hft-toy-attack.poison_ratio=0.2-s0",
+        "sbr-hft-toy-attack.poison_ratio=0.1-s0",
+        "sbr-hft-toy-attack.poison_ratio=0.2-s0",
+    ]
+    axes = json.loads((sweep / "sweep.json").read_text())["varying"]
+    assert axes == ["defense", "attack.poison_ratio"]  # model=toy and debug=fast are the same in every job
 
 
 def test_each_wandb_run_holds_a_table_of_its_generations_with_their_verdicts(sweep):
@@ -109,23 +122,34 @@ def test_report_prints_the_sweep_table(sweep):
     assert lines[-1].startswith("| 3 | defense=sbr attack.poison_ratio=0.2 |") and lines[-1].endswith("| ok |")
 
 
-def test_bad_value_is_one_clear_line_and_exit_code_2(tmp_path):
+def test_bad_value_is_one_clear_line_and_exit_code_2_and_leaves_no_folder(tmp_path):
     result = sbr_bench(
         ["model=toy", "attack.poison_ratio=1.5", f"hydra.run.dir={tmp_path}/job"], tmp_path, tmp_path / "c"
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == "sbr-bench: error: attack.poison_ratio=1.5 is outside [0, 1]"
     assert "Traceback" not in result.stderr
-    assert json.loads((tmp_path / "job" / "status.json").read_text())["status"] == "error"
+    assert not (tmp_path / "job").exists()  # refused before Hydra made the job's folder
 
 
-def test_bad_value_inside_a_constructor_is_one_clear_line_too(tmp_path):
-    """Hydra's instantiate wraps what a constructor raises; the user still sees one line."""
+def test_a_defense_setting_is_checked_from_its_signature(tmp_path):
+    """The schema of defense=sbr is SBR.__init__'s annotations: lam is a NonNegativeFloat."""
     result = sbr_bench(
         ["model=toy", "defense=sbr", "defense.lam=-1", f"hydra.run.dir={tmp_path}/job"], tmp_path, tmp_path / "c"
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["sbr-bench: error: defense.lam=-1 must be >= 0"]
+
+
+def test_an_error_raised_inside_a_constructor_is_one_clear_line_too(tmp_path):
+    """Hydra's instantiate wraps what a constructor raises (a rule across two keys); the user sees one line."""
+    args = ["model=toy", "defense=safety_mix", "defense.ratio=0.5", f"hydra.run.dir={tmp_path}/job"]
+    result = sbr_bench(args, tmp_path, tmp_path / "c")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "sbr-bench: error: defense.num_samples=100 and defense.ratio=0.5: set exactly one "
+        "(e.g. defense.num_samples=null defense.ratio=0.5)"
+    ]
 
 
 def test_runs_from_any_directory(tmp_path):

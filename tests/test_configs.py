@@ -5,13 +5,15 @@ from __future__ import annotations
 import re
 
 import pytest
+from helpers import assert_runs_its_config
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from sbr_bench import CONF_DIR
 
 GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not in ("hydra", "local"))
-OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
+# attack_tier's options are picked by the attack and the tier (the `${attack}_${tier}` entry), not by name.
+OPTIONS = [(g, p.stem) for g in GROUPS if g != "attack_tier" for p in sorted((CONF_DIR / g).glob("*.yaml"))]
 
 
 def test_every_group_has_options():
@@ -27,13 +29,16 @@ def test_every_group_has_options():
         "trainer",
         "logger",
         "paths",
+        "tier",
+        "attack_tier",
     } <= set(GROUPS)
-    assert {g for g, _ in OPTIONS} == set(GROUPS)
+    assert {g for g, _ in OPTIONS} == set(GROUPS) - {"attack_tier"}
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
-def test_every_option_composes(make_cfg, group, option):
-    overrides = [f"{group}={option}"] if group == "model" else ["model=toy", f"{group}={option}"]
+def test_every_option_composes_and_runs_the_values_it_prints(make_cfg, monkeypatch, group, option):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # hub model ids are checked against the cache when offline
+    overrides = [f"{group}={option}"] if group in ("model", "tier") else ["model=toy", f"{group}={option}"]
     cfg = make_cfg(overrides)
     job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     OmegaConf.to_container(job, resolve=True)  # every interpolation of the job config resolves
@@ -44,6 +49,15 @@ def test_every_option_composes(make_cfg, group, option):
     pools = instantiate(cfg.data) if offline else instantiate(make_cfg(["model=toy"]).data)
     instantiate(cfg.defense).check(pools)
     instantiate(cfg.judge)
+    assert_runs_its_config(cfg)
+
+
+@pytest.mark.parametrize("option", sorted(p.stem for p in (CONF_DIR / "attack_tier").glob("*.yaml")))
+def test_every_attack_tier_option_is_picked_by_its_attack_and_tier(make_cfg, option):
+    attack, tier = option.rsplit("_", 1)
+    cfg = make_cfg([f"attack={attack}", f"tier={tier}"])
+    assert cfg.hydra.runtime.choices.attack_tier == option
+    assert_runs_its_config(cfg)
 
 
 def test_every_target_imports():
@@ -66,7 +80,7 @@ def test_instruct_models_skip_alignment_unless_asked(make_cfg):
     assert make_cfg(["model=toy"]).align.adapter.kind == "full"
 
 
-def test_model_tier_scales_the_attack_but_the_command_line_wins(make_cfg):
+def test_the_tier_sets_the_attack_scale_but_the_command_line_wins(make_cfg):
     assert make_cfg(["model=toy"]).attack.num_samples == 200
     assert make_cfg(["model=llama3_8b_instruct"]).attack.num_samples == 1000  # the paper setting
     assert make_cfg(["model=toy", "attack.num_samples=50"]).attack.num_samples == 50

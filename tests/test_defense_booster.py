@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from helpers import check_settings
 from torch.func import functional_call
 
 from sbr_bench.data.bundled import Pair
@@ -192,13 +193,13 @@ def test_config_instantiates_an_alignment_stage_defense(make_cfg):
         ({"lam": -1}, r"defense.lam=-1 must be >= 0"),
         ({"alpha": 0}, r"defense.alpha=0 must be > 0"),
         ({"alpha": -0.1}, r"defense.alpha=-0.1 must be > 0"),
-        ({"num_harmful": 0}, r"defense.num_harmful=0 must be >= 1"),
+        ({"num_harmful": 0}, r"defense.num_harmful=0 must be > 0"),
         ({"vaccine_rho": -2}, r"defense.vaccine_rho=-2 must be >= 0"),
     ],
 )
 def test_bad_settings_fail_with_one_clear_line(kwargs, message):
     with pytest.raises(ConfigError, match=message):
-        Booster(**kwargs)
+        check_settings(Booster, **kwargs)
 
 
 def test_more_harmful_samples_than_the_pool_fails_before_training(pools):

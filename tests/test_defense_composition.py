@@ -25,22 +25,40 @@ EXTERNAL_MODULE = '''\
 """``defense=adapter_decay``: pull the fine-tuned adapter weights towards zero."""
 
 from sbr_bench.defenses.base import Defense
-from sbr_bench.errors import ConfigError
-from sbr_bench.job import run_job
+from sbr_bench.schema import NonNegativeFloat
 
 
 class AdapterDecay(Defense):
     stage = "attack"
 
-    def __init__(self, lam: float = 0.5):
+    def __init__(self, lam: NonNegativeFloat = 0.5):  # the annotation is the check: lam >= 0, a finite number
         super().__init__()
-        if lam < 0:
-            raise ConfigError(f"defense.lam={lam} must be >= 0")
         self.lam = lam
 
     def loss_terms(self, module, batch):
         return {"decay": self.lam * sum(p.pow(2).sum() for p in module.trainable_parameters())}
 '''
+
+
+@pytest.fixture(scope="module")
+def plugin(tmp_path_factory):
+    """The example outside the package: its configs as a folder (conf/) and inside its package (pkg://)."""
+    root = tmp_path_factory.mktemp("plugin")
+    for conf in (root / "conf", root / "my_defenses" / "conf"):
+        (conf / "defense").mkdir(parents=True)
+        (conf / "defense" / "adapter_decay.yaml").write_text(EXTERNAL_YAML)
+    (root / "my_defenses" / "__init__.py").write_text("")
+    (root / "my_defenses" / "conf" / "__init__.py").write_text("")
+    (root / "my_defenses" / "adapter_decay.py").write_text(textwrap.dedent(EXTERNAL_MODULE))
+    return root
+
+
+# The three ways Hydra takes a config folder from outside the package.
+SEARCH_PATHS = {
+    "hydra.searchpath file://": lambda root: [f"hydra.searchpath=[file://{root / 'conf'}]"],
+    "--config-dir": lambda root: ["--config-dir", str(root / "conf")],
+    "hydra.searchpath pkg://": lambda root: ["hydra.searchpath=[pkg://my_defenses.conf]"],
+}
 
 
 def test_two_defenses_of_one_stage_are_refused_with_one_line(make_cfg):
@@ -57,31 +75,35 @@ def test_no_stack_leaves_the_other_stages_undefended(make_cfg):
     assert defense_names(cfg) == {"attack": "sbr"}  # the option name, as chosen
 
 
-def test_external_defense_from_a_search_path_runs_on_the_toy_model(tmp_path, shared_cache):
-    plugin = tmp_path / "plugin"
-    (plugin / "conf" / "defense").mkdir(parents=True)
-    (plugin / "my_defenses").mkdir()
-    (plugin / "conf" / "defense" / "adapter_decay.yaml").write_text(EXTERNAL_YAML)
-    (plugin / "my_defenses" / "__init__.py").write_text("")
-    (plugin / "my_defenses" / "adapter_decay.py").write_text(textwrap.dedent(EXTERNAL_MODULE))
+@pytest.mark.parametrize("where", SEARCH_PATHS)
+def test_external_defense_from_a_search_path_runs_on_the_toy_model(where, plugin, tmp_path, shared_cache):
     out = tmp_path / "job"
+    args = [*SEARCH_PATHS[where](plugin), "model=toy", "debug=fast", "logger=none", "defense=adapter_decay"]
     result = sbr_bench(
-        [
-            "model=toy",
-            "debug=fast",
-            "logger=none",
-            "defense=adapter_decay",
-            f"hydra.searchpath=[file://{plugin / 'conf'}]",
-            f"hydra.run.dir={out}",
-        ],
-        cwd=tmp_path,
-        cache=shared_cache,
-        env={"PYTHONPATH": str(plugin)},
+        [*args, f"hydra.run.dir={out}"], cwd=tmp_path, cache=shared_cache, env={"PYTHONPATH": str(plugin)}
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["attack/loss_decay_final"] > 0  # the external term was added and logged
     assert json.loads((out / "status.json").read_text())["defenses"] == {"attack": "adapter_decay"}
+
+
+@pytest.mark.parametrize("where", SEARCH_PATHS)
+def test_an_external_option_is_known_to_the_one_line_checks(where, plugin, monkeypatch):
+    """The option check asks Hydra's own repository (so it sees every search path), and the external
+    defense's settings are checked from its annotations, before anything runs (sbr-bench's pre-check)."""
+    from sbr_bench.precheck import problem
+
+    monkeypatch.syspath_prepend(str(plugin))
+    where_args = SEARCH_PATHS[where](plugin)
+    assert problem([*where_args, "model=toy", "defense=adapter_decy"]) == (
+        "defense=adapter_decy: no such option; valid options: adapter_decay, booster, "
+        "constrained_sft, ewc, l2sp, lisa, none, repnoise, repnoise_hft, safety_mix, sbr, vaccine"
+    )
+    assert problem([*where_args, "model=toy", "defense=adapter_decay", "defense.lam=-1"]) == (
+        "defense.lam=-1 must be >= 0"
+    )
+    assert problem([*where_args, "model=toy", "defense=adapter_decay"]) is None
 
 
 def test_vaccine_alignment_and_sbr_attack_stack_in_one_job(tmp_path):

@@ -10,6 +10,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from helpers import check_settings
 
 from sbr_bench.data.bundled import Pair
 from sbr_bench.data.formatting import IGNORE_INDEX
@@ -211,14 +212,15 @@ def test_one_step_through_lightning_logs_the_objective(models, pools):
     [
         ({"beta": -0.1}, "defense.beta=-0.1"),
         ({"beta_first_token": -1}, "defense.beta_first_token=-1"),
-        ({"beta_prefix": float("inf")}, "defense.beta_prefix=inf"),
+        ({"beta_prefix": float("inf")}, "defense.beta_prefix=inf must be a finite number"),
         ({"min_weight": -1e-3}, "defense.min_weight=-0.001"),
-        ({"prefix_length": -1}, "defense.prefix_length=-1"),
+        ({"prefix_length": -1}, "defense.prefix_length=-1 must be >= 0"),
+        ({"prefix_length": 2.5}, "defense.prefix_length=2.5 must be an integer"),
     ],
 )
 def test_bad_settings_fail_with_one_clear_line(kwargs, message):
     with pytest.raises(ConfigError, match=message):
-        ConstrainedSFT(**kwargs)
+        check_settings(ConstrainedSFT, **kwargs)
 
 
 def logging_stub(model):

@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 import torch
+from helpers import check_settings
 
 from sbr_bench.data.bundled import Pair
 from sbr_bench.defenses.ewc import EWC
@@ -194,13 +195,13 @@ def test_ewc_reads_the_alignment_data(pools):
 
 
 @pytest.mark.parametrize(
-    ("make", "message"),
+    ("target", "kwargs", "message"),
     [
-        (lambda: L2SP(lam=-1), "defense.lam=-1"),
-        (lambda: EWC(lam=-1e9), "defense.lam=-1000000000.0"),
-        (lambda: EWC(fisher_reduction="avg"), "defense.fisher_reduction='avg'"),
+        (L2SP, {"lam": -1}, "defense.lam=-1 must be >= 0"),
+        (EWC, {"lam": -1e9}, "defense.lam=-1000000000 must be >= 0"),
+        (EWC, {"fisher_reduction": "avg"}, "defense.fisher_reduction=avg is not one of: sum, mean"),
     ],
 )
-def test_bad_settings_fail_with_one_clear_line(make, message):
+def test_bad_settings_fail_with_one_clear_line(target, kwargs, message):
     with pytest.raises(ConfigError, match=message):
-        make()
+        check_settings(target, **kwargs)

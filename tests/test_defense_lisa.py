@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import check_settings
 
 from sbr_bench.data.bundled import Pair
 from sbr_bench.defenses.lisa import Lisa, scaled_steps
@@ -175,14 +176,14 @@ def test_a_real_fit_trains_on_alignment_batches_in_the_alignment_state(toy, pool
     [
         ({"rho": -1}, "defense.rho=-1"),
         ({"align_steps": 0}, "defense.align_steps=0"),
-        ({"finetune_steps": 2.5}, "defense.finetune_steps=2.5"),
+        ({"finetune_steps": 2.5}, "defense.finetune_steps=2.5 must be an integer"),
         ({"reference_steps": 0}, "defense.reference_steps=0"),
-        ({"proximal_start": 1.5}, "defense.proximal_start=1.5"),
+        ({"proximal_start": 1.5}, r"defense.proximal_start=1.5 is outside \[0, 1\]"),
     ],
 )
 def test_bad_settings_fail_with_one_clear_line(kwargs, message):
     with pytest.raises(ConfigError, match=message):
-        Lisa(**kwargs)
+        check_settings(Lisa, **kwargs)
 
 
 def test_alignment_stream_is_refusals_and_helpful_answers(pools):

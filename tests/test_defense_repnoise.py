@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import pytorch_lightning as pl
 import torch
+from helpers import check_settings
 
 from sbr_bench.data.bundled import Pair
 from sbr_bench.data.formatting import IGNORE_INDEX, encode_pair
@@ -231,8 +232,8 @@ def test_hft_option_holds_the_booster_rerun_values(make_cfg):
     [
         ({"alpha": -1}, "defense.alpha=-1"),
         ({"beta": -0.1}, "defense.beta=-0.1"),
-        ({"beta": float("nan")}, "defense.beta=nan"),
-        ({"mask": "diff"}, "defense.mask='diff'"),
+        ({"beta": float("nan")}, "defense.beta=nan must be a finite number"),
+        ({"mask": "diff"}, "defense.mask=diff is not one of: response, paired_diff"),
         ({"num_harmful": 0}, "defense.num_harmful=0"),
         ({"kernel_num": 0}, "defense.kernel_num=0"),
         ({"kernel_mul": 0}, "defense.kernel_mul=0"),
@@ -240,7 +241,7 @@ def test_hft_option_holds_the_booster_rerun_values(make_cfg):
 )
 def test_bad_settings_fail_with_one_clear_line(kwargs, message):
     with pytest.raises(ConfigError, match=message):
-        RepNoise(**kwargs)
+        check_settings(RepNoise, **kwargs)
 
 
 def test_more_harmful_pairs_than_the_pool_fails_before_training(pools):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+from helpers import check_settings
 from hydra.utils import instantiate
 
 from sbr_bench.data.bundled import Pair
@@ -67,14 +68,15 @@ def test_more_than_the_pool_holds_fails_with_the_pool_size(pools):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"num_samples": -1}, "defense.num_samples=-1"),
-        ({"num_samples": 2.5}, "defense.num_samples=2.5"),
+        ({"num_samples": -1}, "defense.num_samples=-1 must be >= 0"),
+        ({"num_samples": 2.5}, "defense.num_samples=2.5 must be an integer"),
         ({"num_samples": 10, "ratio": 0.5, "attack_size": 200}, "set exactly one"),
         ({"num_samples": None}, "set exactly one"),
-        ({"num_samples": None, "ratio": -0.1, "attack_size": 200}, "defense.ratio=-0.1"),
+        ({"num_samples": None, "ratio": -0.1, "attack_size": 200}, "defense.ratio=-0.1 must be >= 0"),
         ({"num_samples": None, "ratio": 0.5}, "needs defense.attack_size"),
     ],
 )
 def test_bad_settings_fail_with_one_clear_line(kwargs, message):
     with pytest.raises(ConfigError, match=message):
-        SafetyMix(**kwargs)
+        check_settings(SafetyMix, **kwargs)  # the types and ranges of the schema
+        SafetyMix(**kwargs)  # the rule across keys, in the constructor

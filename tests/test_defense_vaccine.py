@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 import pytest
 import torch
+from helpers import check_settings
 
 from sbr_bench.data.bundled import Pair
 from sbr_bench.defenses.none import NoDefense
@@ -229,10 +230,10 @@ def test_config_instantiates_an_alignment_stage_defense(make_cfg):
     ("kwargs", "message"),
     [
         ({"rho": -1}, r"defense.rho=-1 must be >= 0"),
-        ({"rho": float("nan")}, r"defense.rho=nan must be >= 0"),
-        ({"perturbation": "uniform"}, r"defense.perturbation='uniform' is not one of: gradient, random"),
+        ({"rho": float("nan")}, r"defense.rho=nan must be a finite number"),
+        ({"perturbation": "uniform"}, r"defense.perturbation=uniform is not one of: gradient, random"),
     ],
 )
 def test_bad_settings_fail_with_one_clear_line(kwargs, message):
     with pytest.raises(ConfigError, match=message):
-        Vaccine(**kwargs)
+        check_settings(Vaccine, **kwargs)

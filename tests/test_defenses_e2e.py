@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from sbr_bench import alignment
 from sbr_bench.job import run_job
+from sbr_bench.settings import AlignSettings
 
 DEFENSES = ("none", "sbr", "vaccine", "repnoise", "booster", "lisa", "safety_mix", "l2sp", "ewc", "constrained_sft")
 ALIGN_STAGE = ("vaccine", "repnoise", "booster")
@@ -28,7 +29,8 @@ def alignment_entry(cfg) -> str:
     align = OmegaConf.to_container(cfg.align, resolve=True)
     model = OmegaConf.to_container(cfg.model, resolve=True)
     defense = OmegaConf.to_container(cfg.defense, resolve=True) if instantiate(cfg.defense).stage == "align" else None
-    return alignment.alignment_key(model, align, defense, alignment.alignment_examples(pools, align))
+    examples = alignment.alignment_examples(pools, AlignSettings.model_validate(align))
+    return alignment.alignment_key(model, align, defense, examples)
 
 
 def run(overrides, tmp_path, cache):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from helpers import assert_runs_its_config
 from omegaconf import OmegaConf
 
 from sbr_bench import CONF_DIR
@@ -34,7 +35,8 @@ def test_each_preset_opens_with_its_command_and_the_paper_result_it_reproduces(n
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_every_job_of_each_presets_grid_composes_with_its_values(make_cfg, name):
+def test_every_job_of_each_presets_grid_composes_and_runs_the_values_it_prints(make_cfg, monkeypatch, name):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # the paper presets name hub models
     cfg = make_cfg([f"experiment={name}"])
     assert cfg.experiment_name == name  # its own W&B group and multirun folder
     jobs = grid(cfg)
@@ -47,6 +49,7 @@ def test_every_job_of_each_presets_grid_composes_with_its_values(make_cfg, name)
                 assert composed.hydra.runtime.choices[key] == value
             else:
                 assert str(OmegaConf.select(composed, key)) == value
+        assert_runs_its_config(composed)
 
 
 def test_paper_presets_run_the_paper_model_and_cpu_variants_a_cpu_model(make_cfg):
@@ -73,7 +76,7 @@ def test_grids_are_the_papers_grids(make_cfg):
     }
     persistent = make_cfg(["experiment=persistent_hft"])
     assert persistent.attack.name == "persistent" and persistent.eval.during_attack.every == 5
-    assert persistent.attack.epochs * persistent.attack.epochs_scale == 50  # the paper's 50 epochs
+    assert persistent.attack.epochs == 50  # the paper's 50 epochs
     assert make_cfg(["experiment=persistent_hft_cpu"]).eval.during_attack.every == 1
 
 
@@ -93,3 +96,35 @@ def test_the_seeds_axis_adds_to_any_presets_grid(make_cfg, option, seeds):
         assert len(grid(cfg)) == len(seeds.split(",")) * len(grid(make_cfg([f"experiment={name}"])))
     # and to a plain command-line sweep without an experiment
     assert make_cfg([f"seeds={option}"]).hydra.sweeper.params == {"seed": seeds}
+
+
+@pytest.mark.parametrize(
+    ("args", "count", "first"),
+    [
+        (["experiment=lambda_sweep_cpu", "model=toy"], 5, "sbr-hft-toy-defense.lam=0-s0"),
+        (["experiment=lambda_sweep_cpu", "model=toy", "seeds=two"], 10, "sbr-hft-toy-defense.lam=0-s0"),
+        (["experiment=sbr_table1"], 44, "none-hft-llama3_8b_instruct-data=beavertails_sst2-s0"),
+    ],
+    ids=["lambda_sweep_cpu", "lambda_sweep_cpu x two seeds", "sbr_table1"],
+)
+def test_the_runs_of_a_preset_get_distinct_wandb_names(args, count, first, tmp_path, monkeypatch):
+    """Each job's name comes from its group choices and the overrides that vary across the sweep."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+
+    from sbr_bench import precheck, runtime
+    from sbr_bench.wandb_run import run_name
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # the paper preset names hub models
+    args = [*args, f"hydra.sweep.dir={tmp_path}"]
+    loader = precheck.config_loader(None)
+    runtime.record_sweep(precheck.compose(loader, "config", args, RunMode.MULTIRUN))  # as its callback does
+    names = []
+    for _, cfg in precheck.job_configs(loader, "config", args, multirun=True):
+        with open_dict(cfg):
+            cfg.hydra.mode = RunMode.MULTIRUN
+        HydraConfig.instance().set_config(cfg)
+        names.append(run_name(cfg))
+    assert len(names) == len(set(names)) == count
+    assert names[0] == first

@@ -11,6 +11,7 @@ import re
 
 import pytest
 import torch
+from helpers import check_settings
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
 from sbr_bench.errors import ConfigError
@@ -157,12 +158,13 @@ def test_beaverdam_input_format_is_the_official_one(beaverdam_dir):
         ({"model": "/nonexistent/beaver-dam"}, "judge.model=/nonexistent/beaver-dam: no such folder"),
         ({"threshold": 1.5}, "judge.threshold=1.5 is outside [0, 1]"),
         ({"dtype": "fp8"}, "judge.dtype=fp8 is not one of"),
-        ({"batch_size": 0}, "judge.batch_size=0 must be >= 1"),
+        ({"batch_size": 0}, "judge.batch_size=0 must be > 0"),
+        ({"max_length": 4}, "judge.max_length=4 must be >= 8"),
     ],
 )
 def test_beaverdam_bad_settings_are_one_line(kwargs, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
-        BeaverDamJudge(**kwargs).check()
+        check_settings(BeaverDamJudge, "judge", **kwargs)
 
 
 def test_a_gpu_judge_on_a_machine_without_one_is_refused():

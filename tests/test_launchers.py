@@ -25,10 +25,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-# Two defenses x a working and a failing learning rate (AdamW refuses lr=-1 when the attack starts).
-GRID = ["model=toy", "debug=fast", "align.max_steps=20", "defense=none,sbr", "attack.lr=1e-3,-1"]
+# Two defenses x a working and a failing attack: max_length=4 passes every check made before the model loads
+# (it is a positive length) and fails once the attack tokenizes its data, after the alignment.
+GRID = ["model=toy", "debug=fast", "align.max_steps=20", "defense=none,sbr", "attack.max_length=256,4"]
 SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
-FAILING = {"1", "3"}  # the jobs with attack.lr=-1 (Hydra's grid order: defense outer, lr inner)
+FAILING = {"1", "3"}  # the jobs with attack.max_length=4 (Hydra's grid order: defense outer, length inner)
 
 
 def run_sweep(args: list[str], cache: Path, threads: int | None = None, timeout: int = 600):
@@ -95,11 +96,12 @@ def test_failed_jobs_are_recorded_and_the_parallel_sweep_exits_1_with_its_table(
     assert result.returncode == 1, result.stderr[-3000:]
     for name, job in jobs(sweep).items():
         assert status(job) == ("error" if name in FAILING else "ok")
-    assert "Invalid learning rate" in json.loads((sweep / "1" / "status.json").read_text())["error"]
+    assert "raise the stage's max_length" in json.loads((sweep / "1" / "status.json").read_text())["error"]
     assert "2 of 4 jobs did not finish (job 1, 3)" in result.stderr
     report = (sweep / "report.md").read_text()  # written by ReportCallback in the launching process
-    rows = {line.split("|")[1].strip(): line for line in report.splitlines() if line.startswith("| ")}
-    assert rows["0"].endswith("| ok |") and "Invalid learning rate" in rows["3"]
+    jobs_table = report.split("## Jobs\n", 1)[1].split("\n## ", 1)[0]
+    rows = {line.split("|")[1].strip(): line for line in jobs_table.splitlines() if line.startswith("| ")}
+    assert rows["0"].endswith("| ok |") and "raise the stage's max_length" in rows["3"]
     assert sweeps["basic"].returncode == 1  # the same grid under the basic launcher fails the same way
 
 
@@ -228,7 +230,7 @@ def test_ray_sweep_gives_exactly_the_basic_launchers_numbers(sweeps):
     sweep = sweeps["root"] / "ray"
     args = [*GRID, "hydra/launcher=ray_cluster", f"hydra.launcher.ray.remote.num_cpus={threads}"]
     result = run_sweep([*args, f"hydra.sweep.dir={sweep}"], sweeps["cache"])
-    assert result.returncode == 1, result.stderr[-3000:]  # the two lr=-1 jobs fail, as under the basic launcher
+    assert result.returncode == 1, result.stderr[-3000:]  # the two max_length=4 jobs fail, as under the basic launcher
     basic = jobs(sweeps["root"] / "basic")
     for name, job in jobs(sweep).items():
         assert status(job) == status(basic[name])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -69,6 +70,66 @@ def test_same_seed_gives_the_same_metrics_and_the_cache_changes_nothing(toy_jobs
     assert (toy_jobs["none"] / "generations.jsonl").read_text() == (
         toy_jobs["none_again"] / "generations.jsonl"
     ).read_text()
+
+
+def test_settings_json_is_what_ran_and_it_is_the_composed_config(toy_jobs):
+    """Measured where it happened (the drawn set, the loader, the Trainer, the optimizer, the generations)."""
+    from conftest import compose_config
+
+    cfg = compose_config(["model=toy"], toy_jobs["none"], toy_jobs["none"].parent / "cache", keep_hydra=False)
+    ran = read(toy_jobs["none"], "settings.json")
+    attack = ran["attack"]
+    assert attack["num_samples"] == cfg.attack.num_samples == 200
+    assert attack["num_harmful"] == round(cfg.attack.poison_ratio * cfg.attack.num_samples) == 20
+    assert (attack["epochs"], attack["lr"], attack["batch_size"], attack["grad_accum"]) == (
+        cfg.attack.epochs,
+        cfg.attack.lr,
+        cfg.attack.batch_size,
+        cfg.attack.grad_accum,
+    )
+    steps_per_epoch = math.ceil(math.ceil(200 / cfg.attack.batch_size) / cfg.attack.grad_accum)
+    assert attack["optimizer_steps"] == steps_per_epoch * cfg.attack.epochs
+    assert attack["mixed_in"] == 0 and attack["adapter"]["r"] == cfg.adapter.r
+    pools = ran["eval"]["pools"]
+    assert {p: v["max_new_tokens"] for p, v in pools.items()} == {
+        "harmful": cfg.eval.max_new_tokens,
+        "benign": cfg.eval.max_new_tokens,
+        "task": cfg.eval.task_max_new_tokens,
+    }
+    assert {p: v["prompts"] for p, v in pools.items()} == {"harmful": 100, "benign": 100, "task": 200}
+    assert ran["align"]["optimizer_steps"] == cfg.align.max_steps and not ran["align"]["cached"]
+    again = read(toy_jobs["none_again"], "settings.json")["align"]
+    assert again["cached"] and again["optimizer_steps"] == cfg.align.max_steps  # read from the cache entry
+    assert read(toy_jobs["sbr"], "settings.json")["defenses"]["attack"]["settings"]["lam"] == 50
+
+
+SMALL_EVAL = ["logger=none", "eval.num_harmful=8", "eval.num_benign=8", "eval.num_task=8", "eval.max_new_tokens=16"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        # The issue's example: safety_mix's ratio sizes k from the n the attack trains on (100, not 200).
+        (
+            ["attack=pure_harmful", "defense=safety_mix", "defense.num_samples=null", "defense.ratio=0.5"],
+            {"num_samples": 100, "num_harmful": 100, "mixed_in": 50, "epochs": 3},
+        ),
+        # The command line means what it says: 2 epochs, not 2 x 2.5.
+        (
+            ["attack=persistent", "attack.num_samples=16", "attack.epochs=2", "eval.during_attack.num_harmful=4"],
+            {"num_samples": 16, "num_harmful": 2, "mixed_in": 0, "epochs": 2, "optimizer_steps": 4},
+        ),
+    ],
+    ids=["pure_harmful with safety_mix ratio", "persistent with its epochs given"],
+)
+def test_variants_run_the_values_their_config_prints(overrides, expected, tmp_path, shared_cache):
+    from conftest import compose_config
+
+    cfg = compose_config(["model=toy", *SMALL_EVAL, *overrides], tmp_path / "job", shared_cache, keep_hydra=False)
+    run_job(cfg)
+    attack = read(tmp_path / "job", "settings.json")["attack"]
+    assert {k: attack[k] for k in expected} == expected
+    assert attack["num_samples"] == cfg.attack.num_samples and attack["epochs"] == cfg.attack.epochs
 
 
 @pytest.mark.slow

@@ -24,67 +24,7 @@ def last_line(result) -> str:
     return result.stderr.strip().splitlines()[-1]
 
 
-# (overrides, the exact line the user sees). Each case fails before any training.
-BAD_INPUT = [
-    (
-        ["defense=sbrr"],
-        "sbr-bench: error: defense=sbrr: no such option; valid options: booster, constrained_sft, ewc, l2sp, lisa, "
-        "none, repnoise, repnoise_hft, safety_mix, sbr, vaccine",
-    ),
-    (
-        ["model=llama"],
-        "sbr-bench: error: model=llama: no such option; valid options: llama2_7b, llama3_8b_instruct, "
-        "qwen2_7b_instruct, smollm2_135m, toy",
-    ),
-    (["defense@stack=vacine"], None),  # the stack slot too (valid options as for defense)
-    (
-        ["-m", "attack.poison_ratio=0.1", "judge=keyword,gpt"],
-        "sbr-bench: error: judge=gpt: no such option; valid options: beaverdam, keyword, llamaguard, llm_api",
-    ),
-    (["defense=sbr", "defense.lam=-1"], "sbr-bench: error: defense.lam=-1 must be >= 0"),
-    (["attack.poison_ratio=1.5"], "sbr-bench: error: attack.poison_ratio=1.5 is outside [0, 1]"),
-    (["attack.poison_ratio=-0.1"], "sbr-bench: error: attack.poison_ratio=-0.1 is outside [0, 1]"),
-    (["attack.num_samples=5000"], None),
-    (["defense=sbr", "defense.num_anchors=50"], None),
-    (["trainer=gpu"], None),
-    (
-        ["align=none", "defense=vaccine"],
-        "sbr-bench: error: Vaccine acts in the alignment stage, which align=none skips; add align=sft",
-    ),
-    (
-        ["defense=sbr", "defense@stack=l2sp"],
-        "sbr-bench: error: defense and stack both act in the attack stage; stack defenses of different stages "
-        "(e.g. defense=sbr defense@stack=vaccine)",
-    ),
-]
-
-
-@pytest.mark.parametrize("overrides, expected", BAD_INPUT, ids=lambda v: " ".join(v) if isinstance(v, list) else "")
-def test_bad_input_is_one_line_and_exit_code_2(overrides, expected, tmp_path):
-    if overrides == ["trainer=gpu"] and __import__("torch").cuda.is_available():
-        pytest.skip("this machine has CUDA")
-    result = sbr_bench(["model=toy", *overrides, f"hydra.run.dir={tmp_path}/job"], tmp_path, tmp_path / "cache")
-    assert result.returncode == 2, result.stderr[-2000:]
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("sbr-bench: error: "), result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
-    if expected:
-        assert lines[0] == expected
-
-
-def test_the_messages_say_how_to_fix_it(tmp_path):
-    cases = {
-        "attack.num_samples=5000": "attack pool holds",
-        "defense.num_anchors=50": "use num_anchors <= 20",
-        "trainer=gpu": "use trainer=cpu or trainer=auto",
-        "defense@stack=vacine": "valid options: booster",
-    }
-    for override, hint in cases.items():
-        extra = ["defense=sbr"] if "anchors" in override else []
-        result = sbr_bench(["model=toy", *extra, override, f"hydra.run.dir={tmp_path}/j"], tmp_path, tmp_path / "c")
-        if override == "trainer=gpu" and result.returncode == 0:
-            continue  # a machine with CUDA
-        assert hint in last_line(result), (override, last_line(result))
+# Bad input (one line, exit code 2, before any model loads): tests/test_bad_input.py.
 
 
 def test_a_missing_data_file_is_named(tmp_path):
@@ -94,21 +34,21 @@ def test_a_missing_data_file_is_named(tmp_path):
 
 
 def test_a_failing_job_does_not_stop_the_sweep_and_the_report_lists_it(tmp_path, shared_cache):
-    """Job 1 raises inside training (AdamW refuses a negative learning rate); jobs 0 and 2 finish."""
+    """Job 1 fails after its model loaded (its prompts do not fit max_length=4); jobs 0 and 2 finish."""
     result = sbr_bench(
-        ["-m", "model=toy", "debug=fast", "attack.lr=1e-3,-1,2e-3", f"hydra.sweep.dir={tmp_path}/sweep"],
+        ["-m", "model=toy", "debug=fast", "attack.max_length=256,4,128", f"hydra.sweep.dir={tmp_path}/sweep"],
         tmp_path,
         shared_cache,
     )
     assert result.returncode == 1
     statuses = [json.loads((tmp_path / "sweep" / str(n) / "status.json").read_text()) for n in range(3)]
     assert [s["status"] for s in statuses] == ["ok", "error", "ok"]
-    assert "Invalid learning rate" in statuses[1]["error"] and "Traceback" in statuses[1]["traceback"]
+    assert "raise the stage's max_length" in statuses[1]["error"] and "Traceback" in statuses[1]["traceback"]
     assert not (tmp_path / "sweep" / "1" / "metrics.json").exists()
     for n in (0, 2):
         assert json.loads((tmp_path / "sweep" / str(n) / "metrics.json").read_text())["eval/harmful_score"] >= 0
     report = (tmp_path / "sweep" / "report.md").read_text()
-    assert "| 1 | attack.lr=-1 |" in report and "error: ValueError: Invalid learning rate" in report
+    assert "| 1 | attack.max_length=4 |" in report and "raise the stage's max_length" in report
     assert "1 of 3 jobs did not finish (job 1)" in last_line(result) and "resume=true" in last_line(result)
     # The failed job's W&B run was started and is closed as failed (offline run folder present).
     assert list((tmp_path / "sweep" / "1" / "wandb").glob("offline-run-*"))
@@ -116,7 +56,16 @@ def test_a_failing_job_does_not_stop_the_sweep_and_the_report_lists_it(tmp_path,
 
 def test_a_killed_sweep_resumes_without_touching_finished_jobs(tmp_path, shared_cache):
     sweep = tmp_path / "sweep"
-    args = ["-m", "model=toy", "debug=fast", "logger=none", "seed=0,1,2", f"hydra.sweep.dir={sweep}"]
+    # 40 epochs of 2 steps: job 1's attack lasts long enough to be killed in the middle of it.
+    args = [
+        "-m",
+        "model=toy",
+        "debug=fast",
+        "attack.epochs=40",
+        "logger=none",
+        "seed=0,1,2",
+        f"hydra.sweep.dir={sweep}",
+    ]
     env = {**os.environ, "SBR_BENCH_CACHE": str(shared_cache), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "sbr_bench.cli", *args], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True
@@ -126,7 +75,13 @@ def test_a_killed_sweep_resumes_without_touching_finished_jobs(tmp_path, shared_
     while not first.is_file() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     assert first.is_file(), "job 0 never finished"
-    time.sleep(1.0)  # job 1 is under way
+    second = sweep / "1" / "sbr-bench.log"
+    while (
+        time.time() < deadline
+        and proc.poll() is None
+        and "attack:" not in (second.read_text() if second.is_file() else "")
+    ):
+        time.sleep(0.1)  # until job 1's attack is under way
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=120)
     assert proc.returncode != 0

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import re
 from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as pl
 import torch
+from helpers import check_settings
 
 from sbr_bench.data.bundled import Pair
 from sbr_bench.defenses.none import NoDefense
@@ -169,15 +171,16 @@ def test_anchors_are_a_seeded_draw_from_the_anchor_pool(pools):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"lam": -1}, "defense.lam=-1"),
-        ({"reduction": "sum"}, "defense.reduction='sum'"),
-        ({"anchor_pass": "epoch"}, "defense.anchor_pass='epoch'"),
-        ({"num_anchors": 0}, "defense.num_anchors=0"),
+        ({"lam": -1}, "defense.lam=-1 must be >= 0"),
+        ({"reduction": "sum"}, "defense.reduction=sum is not one of: elementwise_mean, paper_sum"),
+        ({"anchor_pass": "epoch"}, "defense.anchor_pass=epoch is not one of: optimizer_step, micro_batch"),
+        ({"num_anchors": 0}, "defense.num_anchors=0 must be > 0"),
+        ({"prompts": []}, "defense.prompts=[] must not be empty"),
     ],
 )
 def test_bad_settings_fail_with_one_clear_line(kwargs, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
-        SBR(**kwargs)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_settings(SBR, **kwargs)
 
 
 def test_more_anchors_than_the_pool_fails_before_training(pools):

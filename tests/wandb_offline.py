@@ -50,3 +50,11 @@ def run_config(path: Path) -> dict:
             continue
         config.update({item.key: json.loads(item.value_json) for item in items})
     return config
+
+
+def run_name(path: Path) -> str:
+    """The run's display name, as the W&B UI shows it."""
+    for record in records(path):
+        if record.WhichOneof("record_type") == "run":
+            return record.run.display_name
+    raise AssertionError(f"{path} holds no run record")

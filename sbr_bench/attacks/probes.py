@@ -34,12 +34,13 @@ _APOSTROPHE = "['\u2018\u2019\u02bc`]"
 
 
 def settings(attack) -> dict[str, Any]:
-    """The attack settings the evaluation depends on (empty for the plain HFT attack)."""
+    """The attack settings the evaluation depends on (empty for the plain HFT attack); ``attack``: its
+    ``AttackSettings`` or config node."""
     out: dict[str, Any] = {}
-    if attack.get("trigger"):
+    if attack.trigger:
         out["trigger"] = str(attack.trigger)
-        out["trigger_position"] = str(attack.get("trigger_position") or "suffix")
-    if attack.get("response_prefix"):
+        out["trigger_position"] = str(attack.trigger_position)
+    if attack.response_prefix:
         out["response_prefix"] = str(attack.response_prefix)
     return out
 

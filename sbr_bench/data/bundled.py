@@ -42,8 +42,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from typing_extensions import TypedDict
+
 from sbr_bench.data.tasks import SENTIMENT, Task
 from sbr_bench.errors import ConfigError
+from sbr_bench.schema import NonNegativeInt, keys_checked
 
 # The SST-2 instruction of the HFT protocol (Vaccine, Lisa, Booster and SBR code).
 SENTIMENT_INSTRUCTION = "Analyze the sentiment of the input, and respond only positive or negative."
@@ -149,11 +152,34 @@ def sentiment_prompt(sentence: str) -> str:
     return f"{SENTIMENT_INSTRUCTION}\nInput: {sentence}"
 
 
+@keys_checked
+class HarmfulSizes(TypedDict):
+    """``data.harmful``: the harmful prompts held out for each use; the rest is the attack pool."""
+
+    eval: NonNegativeInt
+    anchors: NonNegativeInt
+    align: NonNegativeInt
+
+
+@keys_checked
+class BenignSizes(TypedDict):
+    """``data.benign``: the benign prompts held out for over-refusal; the rest align."""
+
+    eval: NonNegativeInt
+
+
+@keys_checked
+class TaskSizes(TypedDict):
+    """``data.task``: the sentiment sentences held out for FA; the rest is the task's training split."""
+
+    test: NonNegativeInt
+
+
 def load_pools(
     split_seed: int = 0,
-    harmful: dict[str, int] | None = None,
-    benign: dict[str, int] | None = None,
-    task: dict[str, int] | None = None,
+    harmful: HarmfulSizes | None = None,
+    benign: BenignSizes | None = None,
+    task: TaskSizes | None = None,
 ) -> Pools:
     """Load the bundled files and cut them into disjoint pools.
 

@@ -39,12 +39,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+
+from typing_extensions import NotRequired, TypedDict
 
 from sbr_bench.data import bundled
-from sbr_bench.data.bundled import Pair, Pools
+from sbr_bench.data.bundled import BenignSizes, Pair, Pools
 from sbr_bench.data.tasks import AGNEWS_LABELS, SST2_LABELS, agnews_prompt, gsm8k_prompt, gsm8k_target, make_task
 from sbr_bench.data.tasks import sst2_prompt as sst2_prompt_text
 from sbr_bench.errors import ConfigError
+from sbr_bench.schema import ExistingFolder, NonNegativeInt, PositiveInt, keys_checked
 
 log = logging.getLogger(__name__)
 
@@ -214,10 +218,34 @@ def beavertails_pools(cfg: dict, cache_dir) -> dict:
     }
 
 
+@keys_checked
+class BeaverTailsSettings(TypedDict):
+    """``data.beavertails``: where BeaverTails is read from and how many pairs each pool takes."""
+
+    path: ExistingFolder | None
+    align: PositiveInt
+    attack: PositiveInt
+    anchors: NonNegativeInt
+    align_compliant: NonNegativeInt
+    eval: PositiveInt
+    disjoint: bool
+
+
+@keys_checked
+class HubTaskSettings(TypedDict):
+    """``data.task``: the benign task, where it is read from, its split sizes (null = all) and options."""
+
+    name: Literal["sst2", "agnews", "gsm8k", "alpaca_eval"]
+    path: ExistingFolder | None
+    train: PositiveInt | None
+    test: PositiveInt | None
+    strict: NotRequired[bool]  # sst2: a refusal keyword or both labels count wrong (SBR's rule)
+
+
 def load_pools(
-    beavertails: dict,
-    task: dict,
-    benign: dict | None = None,
+    beavertails: BeaverTailsSettings,
+    task: HubTaskSettings,
+    benign: BenignSizes | None = None,
     cache_dir: str | None = None,
 ) -> Pools:
     """Pools of the HFT protocol: BeaverTails for harm, a benign task, the bundled benign instructions.

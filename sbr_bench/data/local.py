@@ -27,10 +27,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from typing_extensions import NotRequired, TypedDict
+
 from sbr_bench.data import bundled
-from sbr_bench.data.bundled import Pair, Pools
+from sbr_bench.data.bundled import BenignSizes, HarmfulSizes, Pair, Pools, TaskSizes
 from sbr_bench.data.tasks import make_task, task_prompt
 from sbr_bench.errors import ConfigError
+from sbr_bench.schema import ExistingFile, NonEmptyStr, keys_checked
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +126,44 @@ PAIR_POOLS = ("align_harmful", "align_compliant", "align_benign", "attack_harmfu
 PROMPT_POOLS = ("anchors", "eval_harmful", "eval_benign")
 
 
+@keys_checked
+class LocalTask(TypedDict):
+    """``data.task``: the task whose answer check scores FA, and its options."""
+
+    name: NonEmptyStr
+    strict: NotRequired[bool]  # sst2: a refusal keyword or both labels count wrong (SBR's rule)
+
+
+@keys_checked
+class BundledSizes(TypedDict, total=False):
+    """``data.bundled_sizes``: the bundled fallback's split seed and pool sizes (as in data=bundled)."""
+
+    split_seed: int
+    harmful: HarmfulSizes
+    benign: BenignSizes
+    task: TaskSizes
+
+
+@keys_checked
+class LocalFiles(TypedDict, total=False):
+    """``data.files``: a file per pool to replace (null keeps the bundled pool)."""
+
+    task_test: ExistingFile | None
+    task_train: ExistingFile | None
+    attack_harmful: ExistingFile | None
+    align_harmful: ExistingFile | None
+    align_compliant: ExistingFile | None
+    align_benign: ExistingFile | None
+    anchors: ExistingFile | None
+    eval_harmful: ExistingFile | None
+    eval_benign: ExistingFile | None
+
+
 def load_pools(
-    task: str | dict = "sst2",
-    attack: str | None = None,
-    files: dict[str, str | None] | None = None,
-    bundled_sizes: dict | None = None,
+    task: NonEmptyStr | LocalTask = "sst2",
+    attack: ExistingFile | None = None,
+    files: LocalFiles | None = None,
+    bundled_sizes: BundledSizes | None = None,
 ) -> Pools:
     """The bundled pools with every pool given a file replaced by that file's records.
 

@@ -27,9 +27,13 @@ every hook is a no-op by default.
   returns its losses for logging; the module steps the optimizer at the end of the accumulation
   window. This is the documented exception, not the rule.
 - ``repair(model)``: post-fine-tuning defenses.
+- ``effective_settings()``: values the defense derived from its settings and the run (Lisa's K1 / K2
+  for the run's step budget), recorded in the job's ``settings.json`` next to its config.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
@@ -71,3 +75,7 @@ class Defense(nn.Module):
 
     def repair(self, model) -> None:
         """Post-fine-tuning repair of the model, in place."""
+
+    def effective_settings(self) -> dict[str, Any]:
+        """Values derived from the settings for this run (after ``setup``), for the record; {} if none."""
+        return {}

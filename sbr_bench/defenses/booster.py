@@ -60,6 +60,7 @@ from sbr_bench.data.bundled import Pair
 from sbr_bench.defenses.base import Defense
 from sbr_bench.defenses.vaccine import NORM_GUARD, Vaccine, global_norm
 from sbr_bench.errors import ConfigError
+from sbr_bench.schema import NonNegativeFloat, PositiveFloat, PositiveInt
 
 HARMFUL = "harmful"  # name of the extra stream
 
@@ -75,16 +76,14 @@ class Booster(Defense):
     stage = "align"
     manual_optimization = True
 
-    def __init__(self, lam: float = 5.0, alpha: float = 0.1, num_harmful: int | None = None, vaccine_rho: float = 0.0):
+    def __init__(
+        self,
+        lam: NonNegativeFloat = 5.0,
+        alpha: PositiveFloat = 0.1,
+        num_harmful: PositiveInt | None = None,
+        vaccine_rho: NonNegativeFloat = 0.0,
+    ):
         super().__init__()
-        if not lam >= 0:
-            raise ConfigError(f"defense.lam={lam} must be >= 0 (the weight of the harmful-perturbation term)")
-        if not alpha > 0:
-            raise ConfigError(f"defense.alpha={alpha} must be > 0 (the step size of the simulated harmful update)")
-        if num_harmful is not None and num_harmful < 1:
-            raise ConfigError(f"defense.num_harmful={num_harmful} must be >= 1, or null for the whole harmful pool")
-        if not vaccine_rho >= 0:
-            raise ConfigError(f"defense.vaccine_rho={vaccine_rho} must be >= 0 (0 = plain Booster)")
         self.lam = float(lam)
         self.alpha = float(alpha)
         self.num_harmful = num_harmful

@@ -55,8 +55,8 @@ import torch.nn.functional as F
 
 from sbr_bench.data.formatting import IGNORE_INDEX
 from sbr_bench.defenses.base import Defense
-from sbr_bench.errors import ConfigError
 from sbr_bench.models import lm_head_input
+from sbr_bench.schema import NonNegativeFloat, NonNegativeInt
 
 log = logging.getLogger(__name__)
 
@@ -99,23 +99,13 @@ class ConstrainedSFT(Defense):
 
     def __init__(
         self,
-        beta: float = 0.1,
-        beta_first_token: float = 0.5,
-        beta_prefix: float = 2.0,
-        prefix_length: int = 5,
-        min_weight: float = 1e-3,
+        beta: NonNegativeFloat = 0.1,
+        beta_first_token: NonNegativeFloat = 0.5,
+        beta_prefix: NonNegativeFloat = 2.0,
+        prefix_length: NonNegativeInt = 5,
+        min_weight: NonNegativeFloat = 1e-3,
     ):
         super().__init__()
-        for name, value in (
-            ("beta", beta),
-            ("beta_first_token", beta_first_token),
-            ("beta_prefix", beta_prefix),
-            ("min_weight", min_weight),
-        ):
-            if not (math.isfinite(value) and value >= 0):
-                raise ConfigError(f"defense.{name}={value} must be a finite number >= 0")
-        if prefix_length < 0:
-            raise ConfigError(f"defense.prefix_length={prefix_length} must be >= 0")
         self.beta = float(beta)
         self.beta_first_token = float(beta_first_token)
         self.beta_prefix = float(beta_prefix)

@@ -36,12 +36,13 @@ Decisions and differences from the official code:
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 from sbr_bench.defenses.l2sp import L2SP
 from sbr_bench.errors import ConfigError
-
-FISHER_REDUCTIONS = ("sum", "mean")
+from sbr_bench.schema import NonNegativeFloat
 
 
 class EWC(L2SP):
@@ -49,12 +50,8 @@ class EWC(L2SP):
 
     term = "ewc"
 
-    def __init__(self, lam: float = 1e9, fisher_reduction: str = "sum"):
+    def __init__(self, lam: NonNegativeFloat = 1e9, fisher_reduction: Literal["sum", "mean"] = "sum"):
         super().__init__(lam=lam)
-        if fisher_reduction not in FISHER_REDUCTIONS:
-            raise ConfigError(
-                f"defense.fisher_reduction={fisher_reduction!r} is not one of: {', '.join(FISHER_REDUCTIONS)}"
-            )
         self.fisher_reduction = fisher_reduction
 
     def check(self, pools) -> None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from sbr_bench.defenses.base import Defense
-from sbr_bench.errors import ConfigError
+from sbr_bench.schema import NonNegativeFloat
 
 
 class L2SP(Defense):
@@ -34,10 +34,8 @@ class L2SP(Defense):
     stage = "attack"
     term = "l2sp"
 
-    def __init__(self, lam: float = 0.5):
+    def __init__(self, lam: NonNegativeFloat = 0.5):
         super().__init__()
-        if lam < 0:
-            raise ConfigError(f"defense.lam={lam} must be >= 0")
         self.lam = float(lam)
         self.params: list[torch.nn.Parameter] = []
         self.reference: list[torch.Tensor] = []

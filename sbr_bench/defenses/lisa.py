@@ -56,6 +56,7 @@ import torch
 
 from sbr_bench.defenses.base import Defense
 from sbr_bench.errors import ConfigError
+from sbr_bench.schema import Fraction, NonNegativeFloat, PositiveInt
 
 log = logging.getLogger(__name__)
 
@@ -83,22 +84,13 @@ class Lisa(Defense):
 
     def __init__(
         self,
-        rho: float = 1.0,
-        align_steps: int = 100,
-        finetune_steps: int = 900,
-        reference_steps: int | None = 20000,
-        proximal_start: float = 0.1,
+        rho: NonNegativeFloat = 1.0,
+        align_steps: PositiveInt = 100,
+        finetune_steps: PositiveInt = 900,
+        reference_steps: PositiveInt | None = 20000,
+        proximal_start: Fraction = 0.1,
     ):
         super().__init__()
-        if rho < 0:
-            raise ConfigError(f"defense.rho={rho} must be >= 0 (0 = BSO without the proximal term)")
-        for name, value in (("align_steps", align_steps), ("finetune_steps", finetune_steps)):
-            if int(value) != value or value < 1:
-                raise ConfigError(f"defense.{name}={value} must be an integer >= 1 (Lisa alternates two states)")
-        if reference_steps is not None and (int(reference_steps) != reference_steps or reference_steps < 1):
-            raise ConfigError(f"defense.reference_steps={reference_steps} must be an integer >= 1, or null")
-        if not 0.0 <= proximal_start <= 1.0:
-            raise ConfigError(f"defense.proximal_start={proximal_start} must be a fraction of the steps in [0, 1]")
         self.rho = float(rho)
         self.align_steps = int(align_steps)
         self.finetune_steps = int(finetune_steps)
@@ -135,6 +127,10 @@ class Lisa(Defense):
             self.rho,
             self.proximal_start * self.budget,
         )
+
+    def effective_settings(self) -> dict[str, int]:
+        """K1 / K2 as this run uses them (scaled to its budget by ``reference_steps``), and the budget."""
+        return {"align_steps": self.k1, "finetune_steps": self.k2, "budget_steps": self.budget}
 
     def take_anchor(self) -> None:
         """The current trainable weights become the anchor of the proximal term."""

@@ -63,7 +63,7 @@ projections at its answer tokens.
 
 from __future__ import annotations
 
-import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -72,8 +72,7 @@ from sbr_bench.data.formatting import IGNORE_INDEX, encode_pair
 from sbr_bench.defenses.base import Defense
 from sbr_bench.errors import ConfigError
 from sbr_bench.models import base_model, decoder_layers
-
-MASKS = ("response", "paired_diff")
+from sbr_bench.schema import NonNegativeFloat, PositiveFloat, PositiveInt
 
 
 def mmd(source: torch.Tensor, target: torch.Tensor, kernel_num: int = 5, kernel_mul: float = 2.0) -> torch.Tensor:
@@ -103,26 +102,15 @@ class RepNoise(Defense):
 
     def __init__(
         self,
-        alpha: float = 1.0,
-        beta: float = 0.001,
-        mask: str = "response",
+        alpha: NonNegativeFloat = 1.0,
+        beta: NonNegativeFloat = 0.001,
+        mask: Literal["response", "paired_diff"] = "response",
         norm_last_twice: bool = True,
-        num_harmful: int | None = None,
-        kernel_num: int = 5,
-        kernel_mul: float = 2.0,
+        num_harmful: PositiveInt | None = None,
+        kernel_num: PositiveInt = 5,
+        kernel_mul: PositiveFloat = 2.0,
     ):
         super().__init__()
-        for name, value in (("alpha", alpha), ("beta", beta)):
-            if not (math.isfinite(value) and value >= 0):
-                raise ConfigError(f"defense.{name}={value} must be a finite number >= 0")
-        if mask not in MASKS:
-            raise ConfigError(f"defense.mask={mask!r} is not one of: {', '.join(MASKS)}")
-        if num_harmful is not None and num_harmful < 1:
-            raise ConfigError(f"defense.num_harmful={num_harmful} must be >= 1 (or null for the whole pool)")
-        if kernel_num < 1:
-            raise ConfigError(f"defense.kernel_num={kernel_num} must be >= 1")
-        if not kernel_mul > 0:
-            raise ConfigError(f"defense.kernel_mul={kernel_mul} must be > 0")
         self.alpha = float(alpha)
         self.beta = float(beta)
         self.mask = mask

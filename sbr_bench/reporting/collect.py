@@ -42,6 +42,7 @@ class Job:
     choices: dict[str, Any] = field(default_factory=dict)  # hydra.runtime.choices
     config: dict[str, Any] = field(default_factory=dict)  # .hydra/config.yaml, unresolved
     curves: dict[str, list[float]] | None = None  # metrics.json "curves" (eval.during_attack)
+    ran: dict[str, Any] | None = None  # settings.json: what the job actually ran (sizes, steps, lr, lengths)
     label: str | None = None  # the name shown when several sweep folders are reported together
 
     @property
@@ -135,6 +136,7 @@ def read_job(job: Path) -> Job:
         choices=choices,
         config=_read_yaml(job / ".hydra" / "config.yaml") or {},
         curves=curves if isinstance(curves, dict) else None,
+        ran=_read_json(job / "settings.json"),
     )
 
 

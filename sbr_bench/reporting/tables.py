@@ -163,6 +163,54 @@ def _number(value: float | None) -> str:
     return "" if value is None else repr(float(value))  # repr: the float round-trips exactly
 
 
+# ---- what ran ------------------------------------------------------------------------------------
+
+RAN_HEADER = ["job", "n", "harmful", "mixed in", "epochs", "steps", "lr", "batch x GA", "new tokens", "align steps"]
+RAN_NOTE = (
+    "From each job's settings.json, measured where it happened: n and harmful as drawn, examples a defense "
+    "mixed in, epochs and optimizer steps as the Trainer ran them, lr as the optimizer got it, new tokens per "
+    "pool (harmful / benign / task), the alignment's optimizer steps (cached: as the reused entry was trained)."
+)
+
+
+def ran_markdown(jobs: list[Job]) -> str:
+    """What each finished job actually ran, as a markdown table (jobs without settings.json left out)."""
+    lines = ["| " + " | ".join(RAN_HEADER) + " |", "|" + "---|" * len(RAN_HEADER)]
+    shown = 0
+    for job in jobs:
+        ran = job.ran or {}
+        attack, align, pools = ran.get("attack"), ran.get("align"), (ran.get("eval") or {}).get("pools", {})
+        if not attack:
+            continue
+        tokens = "/".join(_plain((pools.get(p) or {}).get("max_new_tokens")) for p in ("harmful", "benign", "task"))
+        steps = (
+            "-"
+            if align is None
+            else _plain(align.get("optimizer_steps")) + (" (cached)" if align.get("cached") else "")
+        )
+        cells = [
+            job.name,
+            _plain(attack.get("num_samples")),
+            _plain(attack.get("num_harmful")),
+            _plain(attack.get("mixed_in")),
+            _plain(attack.get("epochs")),
+            _plain(attack.get("optimizer_steps")),
+            _plain(attack.get("lr")),
+            f"{_plain(attack.get('batch_size'))} x {_plain(attack.get('grad_accum'))}",
+            tokens,
+            steps,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+        shown += 1
+    if not shown:
+        return "No job recorded what it ran (settings.json)."
+    return "\n".join(lines) + f"\n\n- {RAN_NOTE}"
+
+
+def _plain(value) -> str:
+    return "-" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
 # ---- jobs that did not finish, judge agreement ---------------------------------------------------
 
 

@@ -16,9 +16,10 @@ from sbr_bench.reporting.collect import Job
 
 
 def report_markdown(jobs: list[Job], rows: list[Setting], plot_outcome: dict[str, str] | None = None) -> str:
-    """The whole ``report.md``: per-job table, aggregated table, unfinished jobs, judge agreement, plots."""
+    """The whole ``report.md``: per-job table, aggregated table, what ran, unfinished jobs, judge agreement, plots."""
     parts = ["# sbr-bench report (percent)", "## Jobs", tables.jobs_markdown(jobs), "## Mean over seeds"]
     parts.append(tables.settings_markdown(rows) if rows else "No job finished: nothing to aggregate.")
+    parts += ["## What ran", tables.ran_markdown(jobs)]
     parts += ["## Jobs that did not finish", tables.failed_markdown(jobs)]
     if any(j.kappas for j in jobs):
         parts += ["## Judge agreement", tables.agreement(jobs)]

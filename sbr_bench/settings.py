@@ -1,0 +1,252 @@
+"""What each config group may hold, checked at the start of every job before any model loads.
+
+``validate_job(cfg)`` checks the whole composed job config against these schemas and returns the
+typed settings the pipeline runs with (``JobSettings``); the first bad value stops the job with one
+line (``sbr_bench.schema``). The settings groups have their model here; the plug-in groups
+(``model``, ``data``, ``defense``, ``stack``, ``judge``) are checked against their ``_target_``'s
+signature. No field below has a default that the YAML files do not also state: every value the
+pipeline uses is the value ``sbr-bench --cfg job`` prints.
+
+``sbr-bench`` runs the same check for every job of a sweep before the first one starts, so a bad
+value in the last job of a grid fails in seconds, not after hours.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from annotated_types import Ge, Lt
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import ConfigDict, model_validator
+
+from sbr_bench.schema import (
+    Fraction,
+    NonEmpty,
+    NonEmptyStr,
+    NonNegativeFloat,
+    NonNegativeInt,
+    Percent,
+    PositiveFloat,
+    PositiveInt,
+    Schema,
+    check,
+    check_plugin,
+)
+
+SCHEDULERS = Literal["constant", "linear", "cosine"]
+Dropout = Annotated[float, Ge(0), Lt(1)]
+
+
+class AdapterSettings(Schema):
+    """What a training stage updates: a fresh LoRA adapter, or every weight (``kind: full``).
+
+    ``full`` ignores the LoRA keys (``align=scratch`` keeps those of the ``sft`` recipe it extends).
+    """
+
+    kind: Literal["lora", "full"]
+    r: PositiveInt | None = None
+    alpha: PositiveInt | None = None
+    dropout: Dropout | None = None
+    target_modules: NonEmptyStr | Annotated[list[NonEmptyStr], NonEmpty] | None = None
+    use_rslora: bool | None = None
+    freeze_lora_a: bool = False  # A frozen at its random init, only B trains (conf/adapter/rank1_frozen_a.yaml)
+
+    @model_validator(mode="after")
+    def _lora_keys(self):
+        if self.kind == "lora":
+            missing = [k for k in ("r", "alpha", "dropout", "target_modules", "use_rslora") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"kind=lora needs {', '.join(missing)}")
+        elif self.freeze_lora_a:
+            raise ValueError("freeze_lora_a=true needs kind=lora")
+        return self
+
+
+class OptimSettings(Schema):
+    """AdamW and its schedule for one stage."""
+
+    lr: PositiveFloat
+    weight_decay: NonNegativeFloat
+    scheduler: SCHEDULERS
+    warmup_ratio: Fraction
+
+
+class AlignSettings(Schema):
+    """The alignment stage (``conf/align/``)."""
+
+    seed: int
+    adapter: AdapterSettings
+    optim: OptimSettings
+    batch_size: PositiveInt
+    grad_accum: PositiveInt
+    max_steps: PositiveInt | None
+    epochs: PositiveInt | None
+    max_length: PositiveInt
+    num_harmful: NonNegativeInt | None
+    num_benign: NonNegativeInt | None
+    num_task: NonNegativeInt
+    defense_start: Annotated[float, Ge(0), Lt(1)]
+    benign_targets: Literal["bundled", "self"]
+    self_max_new_tokens: PositiveInt
+
+    @model_validator(mode="after")
+    def _length(self):
+        if self.max_steps is None and self.epochs is None:
+            raise ValueError("max_steps and epochs are both null; set one (align.max_steps=<n> or align.epochs=<n>)")
+        return self
+
+
+class DistanceCapSettings(Schema):
+    """``attack=distance_cap``: the ball the attack's update is projected into after every step."""
+
+    max_distance: PositiveFloat
+    space: Literal["merged", "params"]
+
+
+class AttackSettings(Schema):
+    """The user's fine-tuning (``conf/attack/``); the tiers set its scale (``conf/tier/``)."""
+
+    name: NonEmptyStr
+    num_samples: PositiveInt
+    poison_ratio: Fraction
+    data_seed: int
+    epochs: PositiveInt
+    lr: PositiveFloat
+    weight_decay: NonNegativeFloat
+    scheduler: SCHEDULERS
+    warmup_ratio: Fraction
+    batch_size: PositiveInt
+    grad_accum: PositiveInt
+    max_length: PositiveInt
+    keep_adapter: bool
+    trigger: NonEmptyStr | None
+    trigger_position: Literal["prefix", "suffix"]
+    response_prefix: NonEmptyStr | None
+    distance_cap: DistanceCapSettings | None
+
+
+class DuringAttackSettings(Schema):
+    """``eval.during_attack``: evaluations along the attack (0 = off)."""
+
+    every: NonNegativeInt
+    unit: Literal["epoch", "step"]
+    collapse_threshold: Percent
+    num_harmful: PositiveInt | None
+    num_benign: PositiveInt | None
+    num_task: PositiveInt | None
+
+
+class DiagnosticsSettings(Schema):
+    """``eval.diagnostics``: what moves while safety erodes, measured without generation."""
+
+    enabled: bool
+    every: PositiveInt
+    num_prompts: PositiveInt
+
+
+class EvalSettings(Schema):
+    """The evaluation (``conf/eval/``): generation lengths, batch size, prompts per pool."""
+
+    before_attack: bool
+    max_new_tokens: PositiveInt
+    task_max_new_tokens: PositiveInt
+    batch_size: PositiveInt
+    num_harmful: PositiveInt | None
+    num_benign: PositiveInt | None
+    num_task: PositiveInt | None
+    during_attack: DuringAttackSettings
+    diagnostics: DiagnosticsSettings
+
+
+class TrainerSettings(Schema):
+    """The keys of ``pytorch_lightning.Trainer`` this project sets; any other Trainer argument passes through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps", "tpu"]
+    devices: PositiveInt
+    precision: Literal["32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true", "64"]
+    gradient_clip_val: PositiveFloat | None
+    deterministic: bool
+    enable_progress_bar: bool
+
+
+class WandbSettings(Schema):
+    """Where each job's W&B run goes (offline unless WANDB_MODE says otherwise)."""
+
+    project: NonEmptyStr
+    entity: NonEmptyStr | None
+    group: NonEmptyStr
+    job_type: NonEmptyStr
+    mode: Literal["online", "offline", "disabled", "shared", "dryrun", "run"]
+
+
+class LoggerSettings(Schema):
+    wandb: WandbSettings
+
+
+class PathsSettings(Schema):
+    output_dir: NonEmptyStr
+    cache_dir: NonEmptyStr
+
+
+class JobSettings(Schema):
+    """The whole job config, typed. Plug-in groups are checked but kept as configs (Hydra builds them)."""
+
+    seed: int
+    experiment_name: NonEmptyStr
+    tags: list[str]
+    prompt_format: Literal["chat", "alpaca"]
+    resume: bool
+    paths: PathsSettings
+    align: AlignSettings | None
+    adapter: AdapterSettings
+    eval: EvalSettings
+    attack: AttackSettings
+    trainer: TrainerSettings
+    logger: LoggerSettings | None
+    model: dict[str, Any]
+    data: dict[str, Any]
+    defense: dict[str, Any]
+    stack: dict[str, Any] | None = None  # absent unless defense@stack=<option>
+    judge: dict[str, Any]
+
+
+# The order in which groups are checked: the first bad value is the one reported.
+PLUGINS = ("model", "data", "defense", "stack", "judge")
+
+
+def plain(node: Any) -> Any:
+    """A config node as plain Python values, interpolations resolved where they can be.
+
+    ``paths.output_dir`` is ``${hydra:runtime.output_dir}``, which exists only once Hydra has started
+    the job; checked before that (the sweep pre-check), such a value stays as written.
+    """
+    if not OmegaConf.is_config(node):
+        return node
+    try:
+        return OmegaConf.to_container(node, resolve=True)
+    except OmegaConfBaseException:
+        if not OmegaConf.is_dict(node):
+            return OmegaConf.to_container(node, resolve=False)
+    return {key: child(node, key) for key in node}
+
+
+def child(node: DictConfig, key: str) -> Any:
+    """``node[key]`` as plain values; an interpolation that cannot be resolved yet stays as written."""
+    try:
+        value = node[key]
+    except OmegaConfBaseException:
+        return OmegaConf.to_container(node, resolve=False)[key]
+    return plain(value)
+
+
+def validate_job(cfg: DictConfig) -> JobSettings:
+    """The typed settings of the job; ConfigError with one line for the first bad value."""
+    data = {key: child(cfg, key) for key in cfg if key != "hydra"}
+    settings = check(JobSettings, data, "")  # first: it needs no import of the plug-ins' modules
+    for key in PLUGINS:
+        if data.get(key) is not None:
+            check_plugin(data[key], key)
+    return settings
