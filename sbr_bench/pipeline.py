@@ -226,7 +226,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         grad_accum=attack.grad_accum,
         callbacks=([distance_cap] if distance_cap is not None else []) + monitors,  # monitors see the capped weights
     )
-    ran["attack"] = attack_record(attack, settings.adapter, attack_set, metrics, loader, module)
+    ran["attack"] = attack_record(attack, settings.adapter, attack_set, pools, loader, module)
     ran["defenses"] = {
         stage: {"settings": node, "effective": defense.effective_settings()}
         for stage, (defense, node) in defenses.items()
@@ -294,15 +294,18 @@ def alignment_record(align: AlignSettings, examples: list, align_metrics: dict[s
     }
 
 
-def attack_record(attack: AttackSettings, adapter, attack_set: list, metrics: dict, loader, module) -> dict:
-    """The attack as it ran: sizes from the drawn set and the loader, steps and lr from the Trainer."""
+def attack_record(attack: AttackSettings, adapter, attack_set: list, pools, loader, module) -> dict:
+    """The attack as it ran: sizes counted in the drawn set and the loader, steps and lr from the Trainer."""
     trainer = module.trainer
     optimizer = trainer.optimizers[0]
-    harmful = metrics.get("attack/num_harmful")
+    task = set(pools.task_train)
+    # Every drawn sample is a task pair or a (possibly triggered / prefixed) harmful one; a ready-made
+    # attack file (data=local attack=...) does not say which of its samples are harmful.
+    harmful = None if pools.attack_fixed is not None else sum(p not in task for p in attack_set)
     return {
         "num_samples": len(attack_set),
-        "num_harmful": int(harmful) if harmful is not None else None,
-        "num_task": len(attack_set) - int(harmful) if harmful is not None else None,
+        "num_harmful": harmful,
+        "num_task": len(attack_set) - harmful if harmful is not None else None,
         "mixed_in": len(loader.dataset) - len(attack_set),
         "examples": len(loader.dataset),
         "epochs": int(trainer.current_epoch),

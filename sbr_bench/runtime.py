@@ -60,8 +60,8 @@ def varying_keys(sweep_overrides: list[str]) -> list[str]:
     for override in OverridesParser.create().parse_overrides(sweep_overrides):
         if not override.is_sweep_override():
             continue
-        values = list(override.sweep_string_iterator()) if override.is_discrete_sweep() else [None, None]
-        if len(values) > 1:
+        # A list or range with one value does not vary; an interval (a search space) always does.
+        if not override.is_discrete_sweep() or len(list(override.sweep_string_iterator())) > 1:
             varying.append(override.get_key_element().lstrip("+~"))
     return varying
 
