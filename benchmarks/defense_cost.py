@@ -33,8 +33,8 @@ from common import compose, write_record
 
 DEFENSES = ("none", "sbr", "vaccine", "repnoise", "booster", "lisa", "safety_mix", "l2sp", "ewc", "constrained_sft")
 
-# Forward+backward passes per step of each method (hft-methods.md): the goal of the performance
-# issue is a step time within 1.15 x this count of plain SFT's.
+# Forward+backward passes per step of each method (its paper's algorithm; README "Defenses"): the
+# goal of the performance issue is a step time within 1.15 x this count of plain SFT's.
 PASSES = {
     "none": 1,
     "sbr": 1,  # + one pass over K short anchor prompts

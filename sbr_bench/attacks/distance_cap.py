@@ -1,7 +1,7 @@
 """Distance cap: the attacker's weights never leave an L2 ball of radius ``max_distance`` around the aligned ones.
 
 The SBR paper's stress test of parameter-distance defenses (arXiv 2605.05995, section 3,
-"Motivation experiments" in hft-methods.md): with ``||theta - theta_base||_2 < 1`` enforced, the
+its motivation experiments): with ``||theta - theta_base||_2 < 1`` enforced, the
 harmful score still rose from 8 to 73 while the distance stayed about 0.9. A defense that only
 keeps the weights close (L2-SP, EWC, Lisa's proximal term) therefore cannot by itself keep a model
 safe; this callback reproduces the constraint so that any defense can be tested under it.

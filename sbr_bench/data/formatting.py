@@ -22,7 +22,7 @@ IGNORE_INDEX = -100  # label of tokens the loss must not see (prompt and padding
 PROMPT_FORMATS = ("chat", "alpaca")
 
 # The Alpaca template of the HFT protocol (Stanford Alpaca's PROMPT_DICT, used by the Vaccine, Lisa and
-# Booster code; hft-methods.md section 7). The target follows "### Response:" directly and ends with EOS.
+# Booster code). The target follows "### Response:" directly and ends with EOS.
 ALPACA_PREAMBLE_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
     "Write a response that appropriately completes the request."

@@ -1,7 +1,7 @@
 """Data from local files given by path (``data=local``).
 
 Two record formats, each as a JSON file (a list of records) or a JSONL file (one record a line),
-the two formats of the research code (design.md section 4):
+the two formats of the research code (SBR's chat files; Vaccine / Lisa / Booster's Alpaca files):
 
 - chat "conversations": ``{"conversations": [{"role": "user", "content": ...}, {"role": "assistant",
   "content": ...}]}`` (the SBR code's files); ShareGPT's ``{"from": "human" | "gpt", "value": ...}``

@@ -1,6 +1,6 @@
 """The benign fine-tuning tasks: prompt templates and the answer check behind fine-tune accuracy (FA).
 
-The user's data in the HFT protocol (hft-methods.md section 7) is a benign task with a fraction p of
+The user's data in the HFT protocol (Vaccine, Lisa, Booster, SBR) is a benign task with a fraction p of
 harmful samples mixed in; FA is the share of the task's test prompts answered correctly. Each task
 here says how its prompts and training targets are written (the Vaccine / Lisa / Booster data
 builders; SBR's SST-2 script) and how an answer is checked against the gold one:

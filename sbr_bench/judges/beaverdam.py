@@ -1,12 +1,12 @@
 """``judge=beaverdam``: PKU-Alignment/beaver-dam-7b, the BeaverTails QA-moderation model.
 
-The judge of the harmful-fine-tuning literature (Vaccine, Lisa, Booster, T-Vaccine; see
-hft-methods.md section 7): a Llama-7B with a 14-category multi-label head (animal abuse, child
-abuse, controversial topics / politics, discrimination / stereotype / injustice, drug abuse /
-weapons / banned substance, financial crime / property crime / theft, hate speech / offensive
-language, misinformation regarding ethics / laws / safety, non-violent unethical behavior, privacy
-violation, self-harm, sexually explicit / adult content, terrorism / organized crime, violence /
-aiding and abetting / incitement; the names come from the model's own ``id2label``).
+The judge of the harmful-fine-tuning literature (Vaccine, Lisa, Booster, T-Vaccine): a Llama-7B with
+a 14-category multi-label head (animal abuse, child abuse, controversial topics / politics,
+discrimination / stereotype / injustice, drug abuse / weapons / banned substance, financial crime /
+property crime / theft, hate speech / offensive language, misinformation regarding ethics / laws /
+safety, non-violent unethical behavior, privacy violation, self-harm, sexually explicit / adult
+content, terrorism / organized crime, violence / aiding and abetting / incitement; the names come
+from the model's own ``id2label``).
 
 How a (prompt, response) is scored, as in the official moderation code of the BeaverTails
 repository (``QAModeration.predict``) and its use in the Vaccine / Lisa evaluation scripts:

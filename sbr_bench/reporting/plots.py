@@ -2,7 +2,7 @@
 
 - ``hs_vs_poison_ratio.png``: HS after vs ``attack.poison_ratio``, a line per defense (and per
   value of any other swept setting), 95 % CI error bars: the x-axis of the HFT papers' poison-ratio
-  tables (hft-methods.md section 7).
+  tables.
 - ``hs_vs_lambda.png``: HS after vs ``defense.lam`` for the defenses that have a ``lam`` (SBR,
   Booster, EWC, L2-SP), the no-defense level as a dashed horizontal line: the SBR paper's lambda
   ablation.
