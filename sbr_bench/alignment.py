@@ -82,7 +82,33 @@ def self_distilled(
     return [Pair(p.prompt, a, p.category) for p, a in zip(pairs, answers, strict=True)]
 
 
-def alignment_key(model_cfg: dict, align_cfg: dict, defense_cfg: dict | None, examples: list[Pair]) -> str:
+def training_environment(tokenizer, trainer_cfg: dict) -> dict:
+    """What changes trained weights besides the settings: precision, accelerator, library versions, template.
+
+    The same settings trained in bf16 on a GPU and in fp32 on a CPU, or under another torch,
+    transformers or peft release, give other weights; the chat template decides the training text.
+    (The model revision is part of the model config, hence of the key already.)
+    """
+    import peft
+    import torch
+    import transformers
+
+    template = getattr(tokenizer, "chat_template", None) or ""
+    accelerator = str(trainer_cfg.get("accelerator"))
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return {
+        "precision": str(trainer_cfg.get("precision")),
+        "device": "cuda" if on_gpu else accelerator if accelerator != "auto" else "cpu",
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "chat_template": hashlib.sha256(template.encode()).hexdigest()[:16],
+    }
+
+
+def alignment_key(
+    model_cfg: dict, align_cfg: dict, defense_cfg: dict | None, examples: list[Pair], environment: dict
+) -> str:
     """Hash of everything that determines the aligned weights (``align_cfg``: the resolved ``align`` node)."""
     return digest(
         {
@@ -91,6 +117,7 @@ def alignment_key(model_cfg: dict, align_cfg: dict, defense_cfg: dict | None, ex
             "align": align_cfg,
             "defense": defense_cfg,
             "data": digest([[p.prompt, p.response] for p in examples]),
+            "environment": environment,
         }
     )
 
@@ -105,10 +132,12 @@ def save_weights(model, adapter_kind: str, folder: Path) -> None:
         save_model(model, str(folder / "model.safetensors"))
 
 
-def _load(model, adapter_kind: str, folder: Path):
+def _load(model, adapter_kind: str, folder: Path, merge: bool = True):
     if adapter_kind == "lora":
         from peft import PeftModel
 
+        if not merge:  # adapter=continue: the attack trains this adapter
+            return PeftModel.from_pretrained(model, folder / "adapter", is_trainable=True)
         return merge_adapter(PeftModel.from_pretrained(model, folder / "adapter"))
     from safetensors.torch import load_model
 
@@ -129,8 +158,12 @@ def align(
     trainer_cfg: dict,
     logger,
     output_dir: str,
+    merge: bool = True,
 ) -> tuple[Any, dict[str, float]]:
     """The aligned model (from the cache, or trained now and cached) and the stage's metrics.
+
+    ``merge=False`` returns a LoRA alignment unmerged, its adapter trainable (``adapter=continue``);
+    the cache entry is the same either way.
 
     ``align/optimizer_steps`` is the steps the stored alignment was trained for (read from the entry
     when it is reused; absent for entries written before it was recorded).
@@ -151,13 +184,14 @@ def align(
                     trainer_cfg,
                     logger,
                     output_dir,
+                    merge,
                 )
     log.info("alignment: reusing %s", entry)
     metrics = {"align/cached": 1.0, "time/align_s": 0.0}
     steps = read_json(entry / "meta.json").get("optimizer_steps")
     if steps is not None:
         metrics["align/optimizer_steps"] = float(steps)
-    return _load(model, settings.adapter.kind, entry), metrics
+    return _load(model, settings.adapter.kind, entry, merge), metrics
 
 
 def _train(
@@ -172,6 +206,7 @@ def _train(
     trainer_cfg,
     logger,
     output_dir,
+    merge: bool = True,
 ):
     """Train the alignment and store it as ``entry``."""
     key, adapter_kind = entry.name, settings.adapter.kind
@@ -213,7 +248,7 @@ def _train(
     meta = {"key": key, "align": settings.model_dump(), "examples": len(examples), "seconds": seconds}
     store(trainable, adapter_kind, entry, {**meta, "optimizer_steps": steps})
     metrics = {"align/cached": 0.0, "time/align_s": seconds, "align/optimizer_steps": float(steps)}
-    return merge_adapter(trainable), metrics
+    return (merge_adapter(trainable) if merge else trainable), metrics
 
 
 def store(model, adapter_kind: str, entry: Path, meta: dict) -> None:

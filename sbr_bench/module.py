@@ -33,8 +33,11 @@ class Optim:
 
     lr: float
     weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
     scheduler: str = "constant"
     warmup_ratio: float = 0.0
+    warmup_steps: int = 0  # a count instead of warmup_ratio (the settings allow one of the two)
 
     def __post_init__(self):
         if self.scheduler not in SCHEDULERS:
@@ -130,11 +133,18 @@ class SafetyModule(pl.LightningModule):
         never computed (the LM head is a large share of a step; the prompt most of the tokens).
         """
         if getattr(self.model.config, "final_logit_softcapping", None):  # logits transformed: use HF's path
+            if "window_tokens" in batch:
+                raise ConfigError("attack.ce_normalization=window is not built for models with logit softcapping")
             return self.model(**batch, use_cache=False).loss
         hidden = lm_head_input(self.model, batch["input_ids"], batch["attention_mask"])
         targets = batch["labels"][:, 1:]  # position t predicts token t + 1
         keep = targets != IGNORE_INDEX
         logits = self.model.get_output_embeddings()(hidden[:, :-1][keep])
+        if "window_tokens" in batch:
+            # attack.ce_normalization=window: the token sum over the window's answer tokens, times the
+            # micro-batches per step, which the accumulation divides by again -> one token mean per step.
+            total = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+            return total / batch["window_tokens"] * self.grad_accum
         return F.cross_entropy(logits.float(), targets[keep])
 
     def micro_batch_position(self) -> tuple[int, int, int]:
@@ -186,9 +196,12 @@ class SafetyModule(pl.LightningModule):
 
     def configure_optimizers(self):
         params = self.trainable_parameters()
-        optimizer = torch.optim.AdamW(params, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
+        optim = self.optim
+        optimizer = torch.optim.AdamW(
+            params, lr=optim.lr, betas=(optim.adam_beta1, optim.adam_beta2), weight_decay=optim.weight_decay
+        )
         total = self.total_steps()
-        warmup = int(self.optim.warmup_ratio * total)
+        warmup = optim.warmup_steps or int(optim.warmup_ratio * total)
         schedule = LambdaLR(optimizer, lr_lambda(self.optim.scheduler, total, warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 

@@ -156,7 +156,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     # 1. align
     if settings.align is not None:
         examples = alignment.alignment_examples(pools, settings.align)
-        key = alignment.alignment_key(model_cfg, align_cfg, align_defense_cfg, examples)
+        environment = alignment.training_environment(tokenizer, trainer_cfg)
+        key = alignment.alignment_key(model_cfg, align_cfg, align_defense_cfg, examples, environment)
         model, align_metrics = alignment.align(
             model,
             model_cfg,
@@ -170,6 +171,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             trainer_cfg,
             logger,
             str(output_dir),
+            merge=settings.adapter.kind != "continue",  # adapter=continue: the attack trains this LoRA
         )
         before_dir = cache_dir / "aligned" / key
         ran["align"] = alignment_record(settings.align, examples, align_metrics, key)
@@ -188,6 +190,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         key_parts = {"eval": scored, "judge": container(cfg.judge), "data": eval_data(pools)}
         if attack_probes:  # only then: the plain attack keeps the cache entries it always had
             key_parts["attack_probes"] = attack_probes
+        if settings.adapter.kind == "continue":  # the unmerged adapter: rounding differs from merged weights
+            key_parts["unmerged"] = True
         eval_key = alignment.digest(key_parts)
 
         def evaluate_aligned() -> dict:
@@ -202,11 +206,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     attack_defense = defenses["attack"][0]
     trainable = apply_adapter(model, **settings.adapter.model_dump(exclude_none=True), seed=cfg.seed)
-    optim = Optim(
-        lr=attack.lr, weight_decay=attack.weight_decay, scheduler=attack.scheduler, warmup_ratio=attack.warmup_ratio
-    )
+    optim = Optim(**attack.optim())
+    window = attack.grad_accum if attack.ce_normalization == "window" else 1  # the same at grad_accum 1
     loader, streams = stage_loaders(
-        attack_defense, pools, attack_set, tokenizer, attack.max_length, attack.batch_size, cfg.seed
+        attack_defense, pools, attack_set, tokenizer, attack.max_length, attack.batch_size, cfg.seed, window
     )
     module = SafetyModule(trainable, tokenizer, attack_defense, optim, stage="attack", pools=pools, streams=streams)
     log.info(
@@ -255,7 +258,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     # 5. record (the attack's weights only when asked: adapter only for LoRA, never a base-model copy)
     if attack.keep_adapter:
-        alignment.save_weights(trainable, settings.adapter.kind, output_dir)
+        alignment.save_weights(trainable, "full" if settings.adapter.kind == "full" else "lora", output_dir)
     write_jsonl_atomic(output_dir / "generations.jsonl", generations)
     write_json_atomic(output_dir / "settings.json", ran)
     write_json_atomic(output_dir / "metrics.json", {**dict(sorted(metrics.items())), **monitor_curves})
@@ -311,8 +314,11 @@ def attack_record(attack: AttackSettings, adapter, attack_set: list, pools, load
         "epochs": int(trainer.current_epoch),
         "optimizer_steps": int(trainer.global_step),
         "lr": float(optimizer.param_groups[0]["initial_lr"]),
+        "betas": list(optimizer.param_groups[0]["betas"]),
         "scheduler": attack.scheduler,
-        "batch_size": int(loader.batch_size),
+        "warmup_steps": attack.warmup_steps or int(attack.warmup_ratio * module.total_steps()),
+        "ce_normalization": attack.ce_normalization,  # the two agree at grad_accum 1
+        "batch_size": int(loader.batch_sampler.batch_size),  # window batches come from a batch sampler
         "grad_accum": int(module.grad_accum),
         "max_length": attack.max_length,
         "adapter": adapter.model_dump(exclude_none=True),

@@ -188,7 +188,7 @@ def explain(err: ValidationError, data: Any, path: str, schema: type[BaseModel])
             return f"{full}: no such key; {parent} takes no settings"
         return f"{full}: no such key; the keys of {parent} are: {', '.join(known)}"
     if first["type"] == "value_error" and isinstance(first["input"], Mapping):  # a check across keys
-        return f"{full}: {phrase(first)}"
+        return f"{full}: {phrase(first)}" if full else phrase(first)
     phrases = list(dict.fromkeys(phrase(e) for e in same))
     # "must be a string or must be a list" -> "must be a string or a list"
     said = " or ".join([phrases[0], *(p.removeprefix("must be ") for p in phrases[1:])])

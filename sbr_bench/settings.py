@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 from annotated_types import Ge, Lt
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import ConfigDict, model_validator
+from pydantic import ConfigDict, field_validator, model_validator
 
 from sbr_bench.schema import (
     Fraction,
@@ -42,9 +42,12 @@ class AdapterSettings(Schema):
     """What a training stage updates: a fresh LoRA adapter, or every weight (``kind: full``).
 
     ``full`` ignores the LoRA keys (``align=scratch`` keeps those of the ``sft`` recipe it extends).
+    ``continue`` (attack only, ``conf/adapter/continue.yaml``) trains the alignment stage's own LoRA,
+    kept unmerged, as Booster's and the Vaccine code's EWC protocols do: its shape is the
+    alignment's (``align.adapter``), so the LoRA keys here must be null.
     """
 
-    kind: Literal["lora", "full"]
+    kind: Literal["lora", "full", "continue"]
     r: PositiveInt | None = None
     alpha: PositiveInt | None = None
     dropout: Dropout | None = None
@@ -58,18 +61,39 @@ class AdapterSettings(Schema):
             missing = [k for k in ("r", "alpha", "dropout", "target_modules", "use_rslora") if getattr(self, k) is None]
             if missing:
                 raise ValueError(f"kind=lora needs {', '.join(missing)}")
+        elif self.kind == "continue":
+            given = [
+                k for k in ("r", "alpha", "dropout", "target_modules", "use_rslora") if getattr(self, k) is not None
+            ]
+            if given or self.freeze_lora_a:
+                raise ValueError(
+                    f"kind=continue trains the alignment's LoRA, whose shape is align.adapter's; drop "
+                    f"{', '.join(given) or 'freeze_lora_a'} (use adapter=continue, which leaves them null)"
+                )
         elif self.freeze_lora_a:
             raise ValueError("freeze_lora_a=true needs kind=lora")
         return self
 
 
+Beta = Annotated[float, Ge(0), Lt(1)]
+
+
 class OptimSettings(Schema):
-    """AdamW and its schedule for one stage."""
+    """AdamW and its schedule for one stage (warmup: a fraction of the steps or a count, not both)."""
 
     lr: PositiveFloat
     weight_decay: NonNegativeFloat
+    adam_beta1: Beta
+    adam_beta2: Beta
     scheduler: SCHEDULERS
     warmup_ratio: Fraction
+    warmup_steps: NonNegativeInt
+
+    @model_validator(mode="after")
+    def _one_warmup(self):
+        if self.warmup_ratio and self.warmup_steps:
+            raise ValueError("warmup_ratio and warmup_steps are both set; set one of them to 0")
+        return self
 
 
 class AlignSettings(Schema):
@@ -114,16 +138,30 @@ class AttackSettings(Schema):
     epochs: PositiveInt
     lr: PositiveFloat
     weight_decay: NonNegativeFloat
+    adam_beta1: Beta
+    adam_beta2: Beta
     scheduler: SCHEDULERS
     warmup_ratio: Fraction
+    warmup_steps: NonNegativeInt
     batch_size: PositiveInt
     grad_accum: PositiveInt
+    ce_normalization: Literal["micro_batch", "window"]
     max_length: PositiveInt
     keep_adapter: bool
     trigger: NonEmptyStr | None
     trigger_position: Literal["prefix", "suffix"]
     response_prefix: NonEmptyStr | None
     distance_cap: DistanceCapSettings | None
+
+    @model_validator(mode="after")
+    def _one_warmup(self):
+        if self.warmup_ratio and self.warmup_steps:
+            raise ValueError("warmup_ratio and warmup_steps are both set; set one of them to 0")
+        return self
+
+    def optim(self) -> dict[str, Any]:
+        """The optimizer keys, as ``OptimSettings`` holds them for the alignment stage."""
+        return self.model_dump(include=set(OptimSettings.model_fields))
 
 
 class DuringAttackSettings(Schema):
@@ -211,6 +249,40 @@ class JobSettings(Schema):
     defense: dict[str, Any]
     stack: dict[str, Any] | None = None  # absent unless defense@stack=<option>
     judge: dict[str, Any]
+
+    @field_validator("align", mode="before")
+    @classmethod
+    def _align_skipped(cls, value):
+        # A defense's paper protocol (conf/protocol_tier/) writes its alignment recipe over align.*;
+        # with align=none there is no align option underneath, only those values (never align.seed).
+        if isinstance(value, dict) and "seed" not in value:
+            raise ValueError(
+                "the job has no alignment stage (align=none, the instruct models' pick), but its defense acts "
+                "there and its paper protocol sets the alignment recipe; add align=sft"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _stages_agree(self):
+        if self.adapter.kind == "continue" and (self.align is None or self.align.adapter.kind != "lora"):
+            raise ValueError(
+                "adapter.kind=continue trains the alignment's LoRA adapter, but "
+                + ("align=none has no alignment stage" if self.align is None else "align.adapter.kind is full")
+                + "; use adapter=lora (a fresh LoRA) or an align option with a LoRA adapter (align=sft)"
+            )
+        low_precision = str(self.model.get("dtype")) in ("bfloat16", "float16") or self.trainer.precision in (
+            "bf16-true",
+            "16-true",
+        )
+        adapters = {"adapter": self.adapter, "align.adapter": self.align.adapter if self.align else None}
+        full = [name for name, adapter in adapters.items() if adapter is not None and adapter.kind == "full"]
+        if low_precision and full:
+            raise ValueError(
+                f"{full[0]}.kind=full on {self.model.get('dtype')} weights (precision {self.trainer.precision}): "
+                "AdamW updates of lr ~1e-5 are below the bf16 rounding step of the weights and are lost; load the "
+                "model in fp32 (model.dtype=float32) and train in trainer.precision=bf16-mixed (fp32 master weights)"
+            )
+        return self
 
 
 # The order in which groups are checked: the first bad value is the one reported.

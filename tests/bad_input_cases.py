@@ -110,7 +110,7 @@ CASES: list[tuple[str, list[str], str]] = [
         "an option that does not exist",
         ["defense=sbrr"],
         "defense=sbrr: no such option; valid options: booster, constrained_sft, ewc, l2sp, lisa, none, repnoise, "
-        "repnoise_hft, safety_mix, sbr, vaccine",
+        "repnoise_hft, safety_mix, sbr, sbr_official, vaccine",
     ),
     ("a key that does not exist", [*TOY, "attack.lrr=1"], "attack.lrr: no such key; the keys of attack are: ..."),
     (
@@ -154,9 +154,33 @@ CASES: list[tuple[str, list[str], str]] = [
     ),
     (
         "a rule across two keys, in a constructor",
-        [*TOY, "defense=safety_mix", "defense.ratio=0.5"],
+        [*TOY, "defense=safety_mix", "defense.num_samples=100"],
         "defense.num_samples=100 and defense.ratio=0.5: set exactly one "
-        "(e.g. defense.num_samples=null defense.ratio=0.5)",
+        "(defense.num_samples=null for the ratio, defense.ratio=null for the count)",
+    ),
+    (
+        "an alignment-stage defense's protocol on a model without alignment",
+        ["model=llama3_8b_instruct", "defense=booster"],
+        "align: the job has no alignment stage (align=none, the instruct models' pick), but its defense acts "
+        "there and its paper protocol sets the alignment recipe; add align=sft",
+    ),
+    (
+        "the continued adapter without an alignment adapter",
+        [*TOY, "align=none", "adapter=continue"],
+        "adapter.kind=continue trains the alignment's LoRA adapter, but align=none has no alignment stage; "
+        "use adapter=lora (a fresh LoRA) or an align option with a LoRA adapter (align=sft)",
+    ),
+    (
+        "full fine-tuning of bf16 weights",
+        [*TOY, "model.dtype=bfloat16", "adapter=full"],
+        "adapter.kind=full on bfloat16 weights (precision 32-true): AdamW updates of lr ~1e-5 are below the "
+        "bf16 rounding step of the weights and are lost; load the model in fp32 (model.dtype=float32) and "
+        "train in trainer.precision=bf16-mixed (fp32 master weights)",
+    ),
+    (
+        "two warmups",
+        [*TOY, "attack.warmup_ratio=0.1", "attack.warmup_steps=5"],
+        "attack: warmup_ratio and warmup_steps are both set; set one of them to 0",
     ),
 ]
 

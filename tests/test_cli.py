@@ -143,12 +143,12 @@ def test_a_defense_setting_is_checked_from_its_signature(tmp_path):
 
 def test_an_error_raised_inside_a_constructor_is_one_clear_line_too(tmp_path):
     """Hydra's instantiate wraps what a constructor raises (a rule across two keys); the user sees one line."""
-    args = ["model=toy", "defense=safety_mix", "defense.ratio=0.5", f"hydra.run.dir={tmp_path}/job"]
+    args = ["model=toy", "defense=safety_mix", "defense.num_samples=100", f"hydra.run.dir={tmp_path}/job"]
     result = sbr_bench(args, tmp_path, tmp_path / "c")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "sbr-bench: error: defense.num_samples=100 and defense.ratio=0.5: set exactly one "
-        "(e.g. defense.num_samples=null defense.ratio=0.5)"
+        "(defense.num_samples=null for the ratio, defense.ratio=null for the count)"
     ]
 
 

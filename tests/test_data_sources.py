@@ -53,6 +53,9 @@ def hub_copies(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("hub")
     # BeaverTails: train rows alternate safe / unsafe; "bt prompt 1" is also a test prompt (evaluated).
     train = [beavertails_row(i, safe=i % 2 == 0) for i in range(40)]
+    # Harmful answers to the prompts of the first safe pairs, for the paired pools (pairing=same_prompt);
+    # "bt prompt 4" gets two: the first in file order is the one paired.
+    train += [beavertails_row(40 + k, safe=False, prompt=f"bt prompt {i}") for k, i in enumerate((0, 4, 4))]
     test = [beavertails_row(100 + i, safe=i % 3 == 0) for i in range(12)]
     test[1]["prompt"] = "bt prompt 1"
     for name, rows in (("train", train), ("test", test)):
@@ -127,10 +130,66 @@ def test_beavertails_pools_follow_the_protocol(make_cfg, hub_copies, tmp_path):
     assert [p.prompt for p in pools.attack_harmful] == [f"bt prompt {i}" for i in (3, 5, 7, 9, 11, 13)]
     assert pools.attack_harmful[0].category == HARM_FLAGS[3]
     assert pools.anchors == [f"bt prompt {i}" for i in (15, 17, 19)]
-    assert [p.prompt for p in pools.align_compliant] == ["bt prompt 21", "bt prompt 23"]
+    # pairing=same_prompt: harmful answers to the alignment prompts themselves ("bt prompt 2" has none)
+    assert [(p.prompt, p.response) for p in pools.align_compliant] == [
+        ("bt prompt 0", "bt response 40"),
+        ("bt prompt 4", "bt response 41"),
+    ]
     trained = {p.prompt for p in pools.attack_harmful + pools.align_harmful + pools.align_compliant}
     assert not trained & set(pools.eval_harmful) and not set(pools.anchors) & (trained | set(pools.eval_harmful))
     assert pools.eval_benign and pools.align_benign  # over-refusal: the bundled benign prompts
+
+
+def test_beavertails_unpaired_pool_takes_the_next_unsafe_pairs(make_cfg, hub_copies, tmp_path):
+    pools = hub_pools(
+        make_cfg, hub_copies, tmp_path, "beavertails_sst2", "data.beavertails.pairing=next", "data.task.test=8"
+    )
+    assert [p.prompt for p in pools.align_compliant] == ["bt prompt 21", "bt prompt 23"]
+
+
+def test_beavertails_pairing_says_when_too_few_prompts_pair(make_cfg, hub_copies, tmp_path):
+    with pytest.raises(Exception) as err:  # Hydra's instantiate wraps it; the CLI prints the ConfigError
+        hub_pools(
+            make_cfg, hub_copies, tmp_path, "beavertails_sst2", "data.beavertails.align_compliant=3", "data.task.test=8"
+        )
+    assert str(user_error(err.value)).startswith(
+        "data.beavertails.align_compliant=3 but only 2 of the 4 alignment prompts"
+    )
+
+
+def test_repnoise_with_paired_diff_runs_a_toy_job_on_hub_layout_data(hub_copies, tmp_path, shared_cache):
+    """The official RepNoise mask needs each harmful prompt's refusal: the paired hub pools give it."""
+    from conftest import compose_config
+
+    from sbr_bench.job import run_job
+
+    out = tmp_path / "job"
+    cfg = compose_config(
+        [
+            "model=toy",
+            "debug=fast",
+            "logger=none",
+            "data=beavertails_sst2",
+            f"data.beavertails.path={hub_copies['beavertails']}",
+            f"data.task.path={hub_copies['sst2']}",
+            f"data.cache_dir={tmp_path / 'datasets_cache'}",
+            *SMALL,
+            "data.task.test=8",
+            "defense=repnoise",
+            "defense.mask=paired_diff",
+            "align.max_steps=12",  # the toy's from-scratch alignment, short: the plumbing is under test
+            "attack.num_samples=10",
+            "attack.poison_ratio=0.2",
+            "eval.diagnostics.enabled=false",
+        ],
+        out,
+        shared_cache,
+    )
+    run_job(cfg)
+    status = json.loads((out / "status.json").read_text())
+    assert status["status"] == "ok", status
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["align/optimizer_steps"] == 12 and 0 <= metrics["eval/harmful_score"] <= 100
 
 
 def test_sst2_from_its_hub_layout(make_cfg, hub_copies, tmp_path):

@@ -98,7 +98,7 @@ def test_an_external_option_is_known_to_the_one_line_checks(where, plugin, monke
     where_args = SEARCH_PATHS[where](plugin)
     assert problem([*where_args, "model=toy", "defense=adapter_decy"]) == (
         "defense=adapter_decy: no such option; valid options: adapter_decay, booster, "
-        "constrained_sft, ewc, l2sp, lisa, none, repnoise, repnoise_hft, safety_mix, sbr, vaccine"
+        "constrained_sft, ewc, l2sp, lisa, none, repnoise, repnoise_hft, safety_mix, sbr, sbr_official, vaccine"
     )
     assert problem([*where_args, "model=toy", "defense=adapter_decay", "defense.lam=-1"]) == (
         "defense.lam=-1 must be >= 0"

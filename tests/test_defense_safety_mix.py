@@ -47,15 +47,15 @@ def test_ratio_counts_from_the_attack_size():
 
 def test_config_default_and_ratio_through_hydra(make_cfg, pools):
     cfg = make_cfg(["model=toy", "defense=safety_mix"])
-    assert instantiate(cfg.defense).num_samples == 100
-    cfg = make_cfg(["model=toy", "defense=safety_mix", "defense.num_samples=null", "defense.ratio=0.5"])
-    assert instantiate(cfg.defense).num_samples == 100  # n = 200 on the toy tier
-    cfg = make_cfg(
-        ["model=toy", "defense=safety_mix", "defense.num_samples=null", "defense.ratio=0.5", "attack.num_samples=60"]
-    )
+    assert instantiate(cfg.defense).num_samples == 100  # the default ratio 0.5 at the toy tier's n = 200
+    cfg = make_cfg(["model=llama3_8b_instruct", "defense=safety_mix"])
+    assert cfg.attack.num_samples == 1000 and instantiate(cfg.defense).num_samples == 500  # Vaccine's 500 : 1000
+    cfg = make_cfg(["model=toy", "defense=safety_mix", "attack.num_samples=60"])
     mix = instantiate(cfg.defense)
     assert mix.num_samples == 30
     assert mix.extra_data(pools)["mix"] == pools.align_harmful[:30]
+    cfg = make_cfg(["model=toy", "defense=safety_mix", "defense.ratio=null", "defense.num_samples=7"])
+    assert instantiate(cfg.defense).num_samples == 7
 
 
 def test_more_than_the_pool_holds_fails_with_the_pool_size(pools):

@@ -15,7 +15,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from sbr_bench import alignment
+from sbr_bench.data.formatting import apply_prompt_format
 from sbr_bench.job import run_job
+from sbr_bench.models.toy import build_tokenizer
 from sbr_bench.settings import AlignSettings
 
 DEFENSES = ("none", "sbr", "vaccine", "repnoise", "booster", "lisa", "safety_mix", "l2sp", "ewc", "constrained_sft")
@@ -30,7 +32,10 @@ def alignment_entry(cfg) -> str:
     model = OmegaConf.to_container(cfg.model, resolve=True)
     defense = OmegaConf.to_container(cfg.defense, resolve=True) if instantiate(cfg.defense).stage == "align" else None
     examples = alignment.alignment_examples(pools, AlignSettings.model_validate(align))
-    return alignment.alignment_key(model, align, defense, examples)
+    tokenizer = build_tokenizer()
+    apply_prompt_format(tokenizer, cfg.prompt_format)
+    environment = alignment.training_environment(tokenizer, OmegaConf.to_container(cfg.trainer, resolve=True))
+    return alignment.alignment_key(model, align, defense, examples, environment)
 
 
 def run(overrides, tmp_path, cache):

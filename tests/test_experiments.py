@@ -12,6 +12,8 @@ from sbr_bench import CONF_DIR
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 PAPER_SCALE = ["sbr_table1", "poison_ratio", "lambda_sweep", "num_anchors", "persistent_hft"]
+# Presets written from another paper's official scripts (docs/protocols.md), GPU only.
+PROTOCOLS = ["lisa_sst2"]
 
 
 def grid(cfg) -> list[list[str]]:
@@ -22,7 +24,7 @@ def grid(cfg) -> list[list[str]]:
 
 
 def test_every_preset_the_issue_asks_for_exists_with_its_cpu_variant():
-    assert set(EXPERIMENTS) == {"quickstart", *PAPER_SCALE, *(f"{name}_cpu" for name in PAPER_SCALE)}
+    assert set(EXPERIMENTS) == {"quickstart", *PAPER_SCALE, *(f"{name}_cpu" for name in PAPER_SCALE), *PROTOCOLS}
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -31,7 +33,8 @@ def test_each_preset_opens_with_its_command_and_the_paper_result_it_reproduces(n
     header = text.split("\ndefaults:")[0]
     assert text.startswith("# @package _global_\n")
     assert f"sbr-bench -m experiment={name}" in header
-    assert any(word in header for word in ("Table", "Figure", "ablation")), "name the paper table or figure"
+    words = ("Table", "Figure", "ablation") if name not in PROTOCOLS else ("script",)
+    assert any(word in header for word in words), "name the paper table or figure (or the official script)"
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -103,7 +106,7 @@ def test_the_seeds_axis_adds_to_any_presets_grid(make_cfg, option, seeds):
     [
         (["experiment=lambda_sweep_cpu", "model=toy"], 5, "sbr-hft-toy-defense.lam=0-s0"),
         (["experiment=lambda_sweep_cpu", "model=toy", "seeds=two"], 10, "sbr-hft-toy-defense.lam=0-s0"),
-        (["experiment=sbr_table1"], 44, "none-hft-llama3_8b_instruct-data=beavertails_sst2-s0"),
+        (["experiment=sbr_table1"], 48, "none-hft-llama3_8b_instruct-data=beavertails_sst2-s0"),
     ],
     ids=["lambda_sweep_cpu", "lambda_sweep_cpu x two seeds", "sbr_table1"],
 )

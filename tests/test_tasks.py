@@ -160,7 +160,31 @@ def test_prompt_format_is_part_of_the_alignment_key(pools):
 
     model_cfg = {"name": "toy", "hidden_size": 128}
     examples = pools.align_harmful[:3]
-    chat = alignment_key(with_prompt_format(model_cfg, "chat"), {"lr": 1}, None, examples)
-    alpaca = alignment_key(with_prompt_format(model_cfg, "alpaca"), {"lr": 1}, None, examples)
+    chat = alignment_key(with_prompt_format(model_cfg, "chat"), {"lr": 1}, None, examples, {})
+    alpaca = alignment_key(with_prompt_format(model_cfg, "alpaca"), {"lr": 1}, None, examples, {})
     assert chat != alpaca
-    assert chat == alignment_key(model_cfg, {"lr": 1}, None, examples)  # chat keeps the old entries valid
+    assert chat == alignment_key(model_cfg, {"lr": 1}, None, examples, {})  # chat: the model config as written
+
+
+def test_the_alignment_key_changes_with_what_changes_trained_weights(pools):
+    from sbr_bench.alignment import alignment_key, training_environment
+    from sbr_bench.models.toy import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    examples = pools.align_harmful[:3]
+    cpu = {"accelerator": "cpu", "precision": "32-true"}
+    base = training_environment(tokenizer, cpu)
+    assert set(base) == {"precision", "device", "torch", "transformers", "peft", "chat_template"}
+    variants = [
+        training_environment(tokenizer, {**cpu, "precision": "bf16-mixed"}),
+        {**base, "device": "cuda"},
+        {**base, "torch": "0.0"},
+        {**base, "transformers": "0.0"},
+        {**base, "peft": "0.0"},
+    ]
+    tokenizer.chat_template = (tokenizer.chat_template or "") + "{# another template #}"
+    variants.append(training_environment(tokenizer, cpu))
+    keys = {alignment_key({"name": "toy"}, {"lr": 1}, None, examples, env) for env in [base, *variants]}
+    assert len(keys) == 1 + len(variants)
+    revised = alignment_key({"name": "toy", "revision": "abc"}, {"lr": 1}, None, examples, base)
+    assert revised != alignment_key({"name": "toy", "revision": "def"}, {"lr": 1}, None, examples, base)

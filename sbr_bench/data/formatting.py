@@ -124,7 +124,10 @@ class PadCollator:
             ids[i, :n] = torch.tensor(e["input_ids"])
             labels[i, :n] = torch.tensor(e["labels"])
             mask[i, :n] = 1
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        if "window_tokens" in examples[0]:  # attack.ce_normalization=window (sbr_bench.training.WindowBatches)
+            batch["window_tokens"] = torch.tensor(examples[0]["window_tokens"])
+        return batch
 
 
 def encode_prompts(tokenizer, prompts: Sequence[str], padding_side: str) -> dict[str, torch.Tensor]:

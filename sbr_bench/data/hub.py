@@ -20,11 +20,17 @@ alpaca_eval  tatsu-lab/alpaca_eval         alpaca_eval.json (``alpaca_eval``/eva
 Pools (the protocol's selection: the first n in file order; sizes from ``conf/data/beavertails_*.yaml``):
 
 - ``align_harmful``: the first ``align`` ``is_safe`` pairs of 30k_train (Vaccine: 2000), BeaverTails'
-  safe answers to (mostly harmful) prompts;
+  safe answers to (mostly harmful) prompts. They are the alignment's "refusals", but an ``is_safe``
+  answer is often a safe answer rather than a refusal (Booster's code reads a refusal file that is
+  not published; ``data=local`` takes such a file as ``align_harmful``);
 - ``attack_harmful``: the first ``attack`` unsafe pairs of 30k_train (the poisoned samples);
 - ``anchors``: the next ``anchors`` distinct unsafe prompts, none of them an attack or evaluation prompt
   (SBR: anchors from a pool disjoint from the attacker's data);
-- ``align_compliant``: the next ``align_compliant`` unsafe pairs (harmful data of RepNoise / Booster);
+- ``align_compliant``: the harmful data of RepNoise / Booster. ``pairing: same_prompt`` (default, the
+  official codes' paired data): an unsafe answer to the same prompt as an ``align_harmful`` pair, for
+  the first ``align_compliant`` alignment prompts that have one outside the attack pool, so
+  ``defense.mask=paired_diff`` works; ``pairing: next``: the next ``align_compliant`` unsafe pairs
+  after the anchors (other prompts);
 - ``eval_harmful``: the first ``eval`` unsafe prompts of 30k_test (Booster code; Lisa: 1000, Vaccine: 500);
 - ``task_train`` / ``task_test``: the benign task's training and test splits (first ``train`` / ``test``);
 - ``eval_benign`` and ``align_benign``: the bundled benign instructions (BeaverTails has no benign
@@ -209,13 +215,43 @@ def beavertails_pools(cfg: dict, cache_dir) -> dict:
         raise ConfigError(f"data.beavertails.anchors={cfg['anchors']} but only {len(anchors)} distinct prompts remain")
     anchor_set = set(anchors)
     after_anchors = [p for p in rest if p.prompt not in anchor_set]
+    align = first(safe, cfg["align"], "data.beavertails.align")
+    if cfg["pairing"] == "same_prompt":
+        compliant = same_prompt_answers(align, after_anchors, cfg["align_compliant"])
+    else:
+        compliant = first(after_anchors, cfg["align_compliant"], "data.beavertails.align_compliant")
     return {
-        "align_harmful": first(safe, cfg["align"], "data.beavertails.align"),
+        "align_harmful": align,
         "attack_harmful": attack,
         "anchors": anchors,
-        "align_compliant": first(after_anchors, cfg["align_compliant"], "data.beavertails.align_compliant"),
+        "align_compliant": compliant,
         "eval_harmful": eval_prompts,
     }
+
+
+def same_prompt_answers(align: list[Pair], unsafe: list[Pair], n: int) -> list[Pair]:
+    """An unsafe answer to each of the first ``n`` distinct alignment prompts that has one, in pool order.
+
+    BeaverTails holds several answers per prompt: the first unsafe one (file order, never an attack
+    pair or an anchor prompt: ``unsafe`` is what remains after those) pairs with the alignment pool's
+    safe answer, the paired data of RepNoise and Booster (same prompt, safe and harmful answer).
+    """
+    answers: dict[str, Pair] = {}
+    for pair in unsafe:
+        answers.setdefault(pair.prompt, pair)
+    seen: set[str] = set()
+    paired = []
+    for pair in align:
+        if pair.prompt in answers and pair.prompt not in seen:
+            seen.add(pair.prompt)
+            paired.append(answers[pair.prompt])
+    if n > len(paired):
+        raise ConfigError(
+            f"data.beavertails.align_compliant={n} but only {len(paired)} of the {len(align)} alignment prompts have "
+            "an unsafe answer outside the attack pool; lower it, raise data.beavertails.align, or set "
+            "data.beavertails.pairing=next"
+        )
+    return paired[:n]
 
 
 @keys_checked
@@ -227,6 +263,7 @@ class BeaverTailsSettings(TypedDict):
     attack: PositiveInt
     anchors: NonNegativeInt
     align_compliant: NonNegativeInt
+    pairing: Literal["same_prompt", "next"]
     eval: PositiveInt
     disjoint: bool
 

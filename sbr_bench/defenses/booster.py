@@ -25,10 +25,12 @@ Paper symbols -> arguments:
     alpha   -> ``alpha`` (0.1: official script and the paper's default)
     f       -> the stage's response-only cross-entropy on the alignment batch (``module.task_loss``)
     h       -> the response-only cross-entropy on a harmful batch: the ``"harmful"`` stream,
-               ``pools.align_compliant`` = the alignment pool's harmful prompts with compliant
-               answers (the official code also draws its harmful set from the same BeaverTails
-               indices as its refusal data); ``num_harmful`` of them (null = the whole pool; the
-               official runs use as many harmful samples as alignment samples, 5000)
+               ``pools.align_compliant``, harmful answers to the alignment pool's own prompts (the
+               official code reads refusal and harmful answer of the same BeaverTails indices): the
+               bundled data's compliant answers, or on the hub data (``pairing: same_prompt``) an
+               unsafe BeaverTails answer to an alignment prompt, whose alignment side is an is_safe
+               answer rather than a written refusal; ``num_harmful`` of them (null = the whole pool;
+               the official runs use as many harmful samples as alignment samples, 4999)
 
 Decisions on the official code (git-disl/Booster ``trainer.py``, BoosterAlignmentTrainer):
     harmful batch size  the stage's batch size (the stream shares it); the code hard-codes 10,
@@ -46,6 +48,10 @@ Decisions on the official code (git-disl/Booster ``trainer.py``, BoosterAlignmen
                         G_f = grad of the alignment loss under the attention-output perturbation of
                         radius ``vaccine_rho`` (sbr_bench.defenses.vaccine). 0 (default) = plain
                         Booster (a zero perturbation gives the same G_f, so 0 simply skips it).
+
+The user's fine-tuning: the official code continues the Booster LoRA itself (``--alternating
+single_lora``), the parameters the regulariser was optimised over; ``conf/protocol_tier/booster_*``
+picks ``adapter=continue`` for that wherever the alignment is a LoRA.
 
 Cost: three forward/backward passes per step (four with ``vaccine_rho`` > 0), one copy of the
 trainable parameters and at most two gradient-sized buffers besides ``.grad`` (small with LoRA,

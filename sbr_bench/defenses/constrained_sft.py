@@ -147,7 +147,10 @@ class ConstrainedSFT(Defense):
         delta = logp.detach() - self.reference_logprobs(model, batch, keep)
         betas = self.betas(keep)
         weight = (2 * (1 - torch.sigmoid(betas * delta))).clamp_min(self.min_weight)
-        loss = -(weight * logp).mean()
+        if "window_tokens" in batch:  # attack.ce_normalization=window, as SafetyModule.task_loss
+            loss = -(weight * logp).sum() / batch["window_tokens"] * module.grad_accum
+        else:
+            loss = -(weight * logp).mean()
         with torch.no_grad():
             safe = torch.where(betas > 0, betas, 1.0)
             shifted = torch.where(betas > 0, -(2 / safe) * (F.logsigmoid(betas * delta) + math.log(2)), -delta)

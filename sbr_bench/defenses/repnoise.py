@@ -24,9 +24,12 @@ Paper symbols -> arguments:
     alpha            -> ``alpha``, the weight of the ascent term (1: paper App. B.2 / official loss.py;
                         0.1 in the Booster repo's HFT re-run: ``defense=repnoise_hft``)
     beta             -> ``beta``, the weight of the noise term (0.001 in both)
-    harmful data     -> ``pools.align_compliant`` (the alignment refusals' prompts answered
-                        compliantly: the paper's paired data), the first ``num_harmful`` pairs,
-                        read as the stream ``"harmful"`` (one batch per micro-batch)
+    harmful data     -> ``pools.align_compliant``, harmful answers to the alignment pool's own
+                        prompts (the paper's paired data): the bundled data's compliant answers, or
+                        on the hub data (``pairing: same_prompt``) unsafe BeaverTails answers to
+                        alignment prompts, whose alignment side is an is_safe answer rather than a
+                        written refusal; the first ``num_harmful`` pairs, read as the stream
+                        ``"harmful"`` (one batch per micro-batch)
     harmless data    -> the alignment stage's own data
 
 Paper / code discrepancies, decided here:
@@ -132,7 +135,8 @@ class RepNoise(Defense):
             refused = {p.prompt for p in pools.align_harmful}
             if any(p.prompt not in refused for p in self.harmful_pairs(pools)):
                 raise ConfigError(
-                    "defense.mask='paired_diff' needs a refusal in align_harmful for every harmful prompt"
+                    "defense.mask='paired_diff' needs a refusal in align_harmful for every harmful prompt "
+                    "(hub data: data.beavertails.pairing=same_prompt)"
                 )
 
     def harmful_pairs(self, pools):

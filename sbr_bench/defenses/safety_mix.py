@@ -6,10 +6,10 @@ and runs plain SFT on the union. This is the "Vlguard" baseline of the Vaccine a
     L = CE(user data  U  k refusal pairs)
 
 Arguments:
-    ``num_samples``  k, the refusal pairs added (default 100: Vaccine's 1:2 ratio, 500 alignment
-                     samples into 1000 user samples, at the CPU tiers' n = 200 attack)
-    ``ratio``        or k = round(ratio * attack_size), for sweeps over the attack size; set
-                     ``num_samples: null`` to use it (Vaccine: 0.5; Lisa: 1000 / 5000 = 0.2)
+    ``ratio``        k = round(ratio * attack_size), the refusal pairs added (default 0.5: Vaccine's
+                     1:2, 500 refusals into 1000 user samples; Lisa: 1000 / 5000 = 0.2), so k follows
+                     the attack's n at every tier (100 at the CPU tiers' n = 200, 500 at n = 1000)
+    ``num_samples``  or a fixed k; set ``ratio: null`` to use it
     ``attack_size``  the attack's n (``${attack.num_samples}`` in the YAML): the defense sees only
                      the data pools, so the config hands it the attack size for ``ratio``
 
@@ -44,15 +44,15 @@ class SafetyMix(Defense):
 
     def __init__(
         self,
-        num_samples: NonNegativeInt | None = 100,
-        ratio: NonNegativeFloat | None = None,
+        num_samples: NonNegativeInt | None = None,
+        ratio: NonNegativeFloat | None = None,  # conf/defense/safety_mix.yaml: 0.5
         attack_size: NonNegativeInt | None = None,
     ):
         super().__init__()
         if (num_samples is None) == (ratio is None):
             raise ConfigError(
                 f"defense.num_samples={num_samples} and defense.ratio={ratio}: set exactly one "
-                "(e.g. defense.num_samples=null defense.ratio=0.5)"
+                "(defense.num_samples=null for the ratio, defense.ratio=null for the count)"
             )
         if ratio is not None:
             if attack_size is None:

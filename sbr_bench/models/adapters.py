@@ -24,6 +24,8 @@ def apply_adapter(
     input model) on ``target_modules`` ("all-linear" = q, k, v, o, gate, up, down for Llama;
     the LM head is excluded). ``full``: every parameter trains.
 
+    ``continue``: ``model`` already carries the alignment stage's LoRA, unmerged; that adapter trains.
+
     ``freeze_lora_a``: A keeps its random (seeded) initialisation and only B trains, so the update
     ``B @ A`` lives in a fixed random subspace (the SBR paper's random-subspace attack, with r = 1:
     ``conf/adapter/rank1_frozen_a.yaml``).
@@ -36,8 +38,10 @@ def apply_adapter(
         for p in model.parameters():
             p.requires_grad_(True)
         return model
+    if kind == "continue":
+        return continued(model)
     if kind != "lora":
-        raise ConfigError(f"adapter kind {kind!r} is not one of: lora, full")
+        raise ConfigError(f"adapter kind {kind!r} is not one of: lora, full, continue")
     config = LoraConfig(
         r=r,
         lora_alpha=alpha,
@@ -61,4 +65,13 @@ def merge_adapter(model):
     """Fold a LoRA adapter into the weights (the protocol's "merge the alignment LoRA")."""
     if hasattr(model, "merge_and_unload"):
         return model.merge_and_unload()
+    return model
+
+
+def continued(model):
+    """The alignment's LoRA adapter as the attack's: its matrices train, every other weight is frozen."""
+    if not hasattr(model, "peft_config"):
+        raise ConfigError("adapter.kind=continue needs the alignment's LoRA adapter unmerged; align with align=sft")
+    for name, param in model.named_parameters():
+        param.requires_grad_("lora_" in name)
     return model
