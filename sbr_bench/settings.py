@@ -270,6 +270,12 @@ class JobSettings(Schema):
                 + ("align=none has no alignment stage" if self.align is None else "align.adapter.kind is full")
                 + "; use adapter=lora (a fresh LoRA) or an align option with a LoRA adapter (align=sft)"
             )
+        cap = self.attack.distance_cap
+        if cap is not None and cap.space == "merged" and self.adapter.kind == "continue":
+            raise ValueError(
+                "attack.distance_cap.space=merged measures a fresh LoRA's update (B starts at 0), but "
+                "adapter=continue starts from the alignment's LoRA; use attack.distance_cap.space=params"
+            )
         low_precision = str(self.model.get("dtype")) in ("bfloat16", "float16") or self.trainer.precision in (
             "bf16-true",
             "16-true",

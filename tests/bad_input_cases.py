@@ -171,6 +171,12 @@ CASES: list[tuple[str, list[str], str]] = [
         "use adapter=lora (a fresh LoRA) or an align option with a LoRA adapter (align=sft)",
     ),
     (
+        "a distance cap in merged space on the continued adapter",
+        [*TOY, "align=sft", "adapter=continue", "attack=distance_cap"],
+        "attack.distance_cap.space=merged measures a fresh LoRA's update (B starts at 0), but adapter=continue "
+        "starts from the alignment's LoRA; use attack.distance_cap.space=params",
+    ),
+    (
         "full fine-tuning of bf16 weights",
         [*TOY, "model.dtype=bfloat16", "adapter=full"],
         "adapter.kind=full on bfloat16 weights (precision 32-true): AdamW updates of lr ~1e-5 are below the "
