@@ -82,8 +82,8 @@ def self_distilled(
     return [Pair(p.prompt, a, p.category) for p, a in zip(pairs, answers, strict=True)]
 
 
-def training_environment(tokenizer, trainer_cfg: dict) -> dict:
-    """What changes trained weights besides the settings: precision, accelerator, library versions, template.
+def training_environment(tokenizer, trainer_cfg: dict, device: str) -> dict:
+    """What changes trained weights besides the settings: precision, device, library versions, template.
 
     The same settings trained in bf16 on a GPU and in fp32 on a CPU, or under another torch,
     transformers or peft release, give other weights; the chat template decides the training text.
@@ -94,11 +94,9 @@ def training_environment(tokenizer, trainer_cfg: dict) -> dict:
     import transformers
 
     template = getattr(tokenizer, "chat_template", None) or ""
-    accelerator = str(trainer_cfg.get("accelerator"))
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     return {
         "precision": str(trainer_cfg.get("precision")),
-        "device": "cuda" if on_gpu else accelerator if accelerator != "auto" else "cpu",
+        "device": device,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "peft": peft.__version__,

@@ -156,7 +156,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     # 1. align
     if settings.align is not None:
         examples = alignment.alignment_examples(pools, settings.align)
-        environment = alignment.training_environment(tokenizer, trainer_cfg)
+        environment = alignment.training_environment(tokenizer, trainer_cfg, device.type)
         key = alignment.alignment_key(model_cfg, align_cfg, align_defense_cfg, examples, environment)
         model, align_metrics = alignment.align(
             model,

@@ -34,7 +34,7 @@ def alignment_entry(cfg) -> str:
     examples = alignment.alignment_examples(pools, AlignSettings.model_validate(align))
     tokenizer = build_tokenizer()
     apply_prompt_format(tokenizer, cfg.prompt_format)
-    environment = alignment.training_environment(tokenizer, OmegaConf.to_container(cfg.trainer, resolve=True))
+    environment = alignment.training_environment(tokenizer, OmegaConf.to_container(cfg.trainer, resolve=True), "cpu")
     return alignment.alignment_key(model, align, defense, examples, environment)
 
 

@@ -173,17 +173,17 @@ def test_the_alignment_key_changes_with_what_changes_trained_weights(pools):
     tokenizer = build_tokenizer()
     examples = pools.align_harmful[:3]
     cpu = {"accelerator": "cpu", "precision": "32-true"}
-    base = training_environment(tokenizer, cpu)
+    base = training_environment(tokenizer, cpu, "cpu")
     assert set(base) == {"precision", "device", "torch", "transformers", "peft", "chat_template"}
     variants = [
-        training_environment(tokenizer, {**cpu, "precision": "bf16-mixed"}),
+        training_environment(tokenizer, {**cpu, "precision": "bf16-mixed"}, "cpu"),
         {**base, "device": "cuda"},
         {**base, "torch": "0.0"},
         {**base, "transformers": "0.0"},
         {**base, "peft": "0.0"},
     ]
     tokenizer.chat_template = (tokenizer.chat_template or "") + "{# another template #}"
-    variants.append(training_environment(tokenizer, cpu))
+    variants.append(training_environment(tokenizer, cpu, "cpu"))
     keys = {alignment_key({"name": "toy"}, {"lr": 1}, None, examples, env) for env in [base, *variants]}
     assert len(keys) == 1 + len(variants)
     revised = alignment_key({"name": "toy", "revision": "abc"}, {"lr": 1}, None, examples, base)
