@@ -39,6 +39,10 @@ class Optim:
     warmup_ratio: float = 0.0
     warmup_steps: int = 0  # a count instead of warmup_ratio (the settings allow one of the two)
 
+    def warmup(self, total_steps: int) -> int:
+        """Warmup steps of a stage of ``total_steps`` optimizer steps."""
+        return self.warmup_steps or int(self.warmup_ratio * total_steps)
+
     def __post_init__(self):
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"scheduler={self.scheduler!r} is not one of: {', '.join(SCHEDULERS)}")
@@ -201,7 +205,7 @@ class SafetyModule(pl.LightningModule):
             params, lr=optim.lr, betas=(optim.adam_beta1, optim.adam_beta2), weight_decay=optim.weight_decay
         )
         total = self.total_steps()
-        warmup = optim.warmup_steps or int(optim.warmup_ratio * total)
+        warmup = optim.warmup(total)
         schedule = LambdaLR(optimizer, lr_lambda(self.optim.scheduler, total, warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 

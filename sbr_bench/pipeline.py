@@ -316,7 +316,7 @@ def attack_record(attack: AttackSettings, adapter, attack_set: list, pools, load
         "lr": float(optimizer.param_groups[0]["initial_lr"]),
         "betas": list(optimizer.param_groups[0]["betas"]),
         "scheduler": attack.scheduler,
-        "warmup_steps": attack.warmup_steps or int(attack.warmup_ratio * module.total_steps()),
+        "warmup_steps": module.optim.warmup(module.total_steps()),
         "ce_normalization": attack.ce_normalization,  # the two agree at grad_accum 1
         "batch_size": int(loader.batch_sampler.batch_size),  # window batches come from a batch sampler
         "grad_accum": int(module.grad_accum),
