@@ -24,7 +24,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
-from bad_input_cases import CASES, NO_CUDA_CASE, matches, write_files  # noqa: E402
+from bad_input_cases import CASES, NO_CUDA_CASE, NO_OPTUNA_CASE, matches, write_files  # noqa: E402
 from common import write_record  # noqa: E402
 
 
@@ -43,7 +43,10 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
+    from sbr_bench.launchers import installed
+
     cases = [*CASES, *([] if torch.cuda.is_available() else [NO_CUDA_CASE])]
+    cases += [] if installed("hydra_plugins.hydra_optuna_sweeper") else [NO_OPTUNA_CASE]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

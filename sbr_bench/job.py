@@ -67,8 +67,13 @@ def job_overrides() -> list[str]:
     return [o for o in runtime.task_overrides() if runtime.override_key(o) != "resume"]
 
 
+def result(metrics: dict) -> float:
+    """What a sweeper gets back: the attacker's objective in a worst-case search, else the harmful score."""
+    return metrics.get("search/objective", metrics["eval/harmful_score"])
+
+
 def finished_result(output_dir: Path) -> float | None:
-    """The harmful score of a job folder that already finished ok with the same overrides, else None."""
+    """The result of a job folder that already finished ok with the same overrides, else None."""
     status_path = output_dir / "status.json"
     status = read_json(status_path) if status_path.is_file() else {}
     if status.get("status") != "ok":
@@ -78,14 +83,15 @@ def finished_result(output_dir: Path) -> float | None:
             f"resume: {output_dir} holds a job with other overrides ({' '.join(status.get('overrides', []))}); "
             "resume with the sweep's original command and hydra.sweep.dir"
         )
-    return read_json(output_dir / "metrics.json")["eval/harmful_score"]
+    return result(read_json(output_dir / "metrics.json"))
 
 
 def run_job(cfg: DictConfig) -> float:
     """Run the pipeline; always leave ``status.json`` and a finished W&B run behind.
 
-    Returns the harmful score after the attack (a float, so that a sweeper could optimise it and so
-    that no model stays referenced between the jobs of a multirun); NaN for a failed sweep job.
+    Returns the harmful score after the attack, or the attacker's objective in a worst-case search
+    (``sbr_bench.search``): a float, so that a sweeper can optimise it and no model stays referenced
+    between the jobs of a multirun; NaN for a failed sweep job.
     """
     from sbr_bench import pipeline
 
@@ -128,4 +134,4 @@ def run_job(cfg: DictConfig) -> float:
     status = {"status": "ok", "defenses": pipeline.defense_names(cfg), "overrides": job_overrides()}
     write_json_atomic(status_path, status)
     finish_run(failed=False)
-    return metrics["eval/harmful_score"]
+    return result(metrics)

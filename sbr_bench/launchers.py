@@ -7,7 +7,9 @@ plugins are optional extras of this package (``pyproject.toml``):
 - ``joblib``, ``local_parallel``: extra ``joblib``, hydra-joblib-launcher (jobs in loky worker processes);
 - ``submitit_local``, ``submitit_slurm``, ``slurm``: extra ``slurm``, hydra-submitit-launcher (SLURM job arrays);
 - ``ray``, ``ray_cluster``: extra ``ray``, hydra-ray-launcher (one Ray task per job);
-- ``hydra/sweeper=optuna``: extra ``optuna``, hydra-optuna-sweeper (a search instead of a grid).
+- ``hydra/sweeper=optuna``: extra ``optuna``, hydra-optuna-sweeper (a search instead of a grid);
+- ``hydra/sweeper=attacker_search`` (this package's ``hydra_plugins/sbr_bench_search``, built on the
+  Optuna sweeper) and the presets that pick it, ``experiment=attacker_search*``: extra ``optuna``.
 
 ``local_parallel``, ``slurm`` and ``ray_cluster`` are this project's options (``conf/hydra/launcher/``),
 each extending the plugin's own with defaults for this benchmark. The plugins register their
@@ -31,7 +33,9 @@ PLUGINS = {
     ("launcher", "ray"): ("hydra_plugins.hydra_ray_launcher", "ray"),
     ("launcher", "ray_cluster"): ("hydra_plugins.hydra_ray_launcher", "ray"),
     ("sweeper", "optuna"): ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
+    ("sweeper", "attacker_search"): ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
 }
+SEARCH_PRESET = re.compile(r"^experiment=(?P<name>attacker_search[\w-]*)$")  # they pick hydra/sweeper=attacker_search
 PLUGIN_CHOICE = re.compile(r"^\+{0,2}hydra/(?P<group>launcher|sweeper)=(?P<option>[\w.-]+)$")
 
 
@@ -54,4 +58,12 @@ def missing_plugin(args: list[str]) -> str | None:
                     f"hydra/{match['group']}={match['option']} needs the {extra} extra; install it with: "
                     f"pip install -e '.[{extra}]' (in the repository) or pip install 'sbr-bench[{extra}]'"
                 )
+        preset = SEARCH_PRESET.match(arg)
+        if preset and not installed("hydra_plugins.hydra_optuna_sweeper"):
+            grid = preset["name"].replace("attacker_search", "attacker_grid")
+            return (
+                f"experiment={preset['name']} searches with the Optuna sweeper, which needs the optuna extra: "
+                f"pip install -e '.[optuna]' (in the repository) or pip install 'sbr-bench[optuna]'; "
+                f"without it, experiment={grid} runs the same space as a grid"
+            )
     return None

@@ -27,7 +27,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from sbr_bench import alignment, runtime
+from sbr_bench import alignment, runtime, search
 from sbr_bench.attack import attack_set_from_config, num_harmful
 from sbr_bench.attacks import probes
 from sbr_bench.attacks.distance_cap import DistanceCap
@@ -132,6 +132,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
         defense.check(pools)
     judge = instantiate(cfg.judge)
     check_judge(judge)  # e.g. an API key missing from the environment: fail before any model loads
+    if settings.search is not None:  # the worst-case search's utility floor: its reference is known now
+        search.check(settings.search, runtime.choices())
+        search_reference = search.reference_fa(settings.search)
     attack = settings.attack
     attack_set = attack_set_from_config(pools, attack)
     attack_probes = probes.settings(attack)  # extra harmful scores of the variant (trigger, refusal prefix)
@@ -255,6 +258,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     generations += [{"stage": "after_attack", **r} for r in records]
     metrics["time/total_s"] = time.perf_counter() - started
     ran["eval"] = eval_record(settings.eval, records)
+
+    if settings.search is not None:
+        metrics.update(search.record(settings.search, search_reference, metrics))
 
     # 5. record (the attack's weights only when asked: adapter only for LoRA, never a base-model copy)
     if attack.keep_adapter:

@@ -27,6 +27,7 @@ from sbr_bench.errors import ConfigError
 
 CONFIG_NAME = "config"
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+ATTACKER_SEARCH = "hydra_plugins.sbr_bench_search.attacker_search.AttackerSearchSweeper"
 
 
 def problem(argv: list[str]) -> str | None:
@@ -134,7 +135,17 @@ def job_configs(loader, name: str, overrides: list[str], multirun: bool) -> list
         return [(overrides, compose(loader, name, overrides, RunMode.RUN))]
     master = compose(loader, name, overrides, RunMode.MULTIRUN)
     if master.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
-        return []  # another sweeper picks its jobs as it goes: each is checked when it starts
+        # Another sweeper (the attacker search) picks its jobs as it goes, and each is checked when it
+        # starts; what they share, the config without the searched keys, is checked now.
+        if master.hydra.sweeper.get("_target_") == ATTACKER_SEARCH and master.hydra.sweeper.first_trial:
+            from hydra_plugins.sbr_bench_search.attacker_search import first_trial_outside
+
+            sweeper = master.hydra.sweeper
+            params, first = (OmegaConf.to_container(sweeper[k], resolve=True) for k in ("params", "first_trial"))
+            outside = first_trial_outside(params, first)
+            if outside:
+                raise ConfigError(outside)
+        return [([o.input_line for o in parse(overrides) if not o.is_sweep_override()], master)]
     params = [f"{k}={v}" for k, v in (master.hydra.sweeper.get("params") or {}).items()]
     task = [o.input_line for o in parse(overrides) if not o.is_hydra_override()]
     (grid,) = BasicSweeper.split_arguments(parse(params + task), None)
@@ -180,10 +191,14 @@ def explain_composition(err: Exception, loader, name: str, overrides: list[str])
 
 
 def validate(cfg) -> None:
-    """The schemas of ``sbr_bench.settings`` on a composed config (the Hydra node left out)."""
+    """The schemas of ``sbr_bench.settings`` on a composed config (the Hydra node left out), and the
+    worst-case search's reference rule (``sbr_bench.search.check``), which needs the group choices."""
+    from sbr_bench import search
     from sbr_bench.settings import validate_job
 
-    validate_job(cfg)
+    settings = validate_job(cfg)
+    choices = OmegaConf.select(cfg, "hydra.runtime.choices", default=None)
+    search.check(settings.search, OmegaConf.to_container(choices) if choices is not None else {})
 
 
 def first_line(err: BaseException) -> str:

@@ -23,7 +23,9 @@ from sbr_bench import runtime
 from sbr_bench.reporting.aggregate import Setting, aggregates, group
 from sbr_bench.reporting.collect import COLUMNS, Job, collect
 from sbr_bench.reporting.tables import agreement, jobs_markdown, print_jobs, print_settings, settings_markdown
+from sbr_bench.reporting.worst_case import print_worst_cases, worst_case_markdown, worst_cases
 from sbr_bench.reporting.write import write_report
+from sbr_bench.wandb_run import log_worst_cases
 
 __all__ = ["COLUMNS", "Job", "ReportCallback", "agreement", "collect", "main", "markdown", "print_table"]
 markdown = jobs_markdown  # the per-job table, under its earlier names
@@ -31,19 +33,37 @@ print_table = print_jobs
 
 
 def show(jobs: list[Job], rows: list[Setting], fmt: str = "table", title: str = "sbr-bench results (percent)") -> None:
-    """The per-job table, then the aggregated one when some setting pools several seeds.
+    """The per-job table, then the aggregated one when some setting pools several seeds, then the
+    worst case of a search or grid (``reporting.worst_case``).
 
     With one job per setting the aggregated rows would repeat the per-job rows, so they stay in
     report.md and report.csv only (and stdout stays the per-job table that scripts read).
     """
+    cases = worst_cases(jobs)
     if fmt == "markdown":
         print(jobs_markdown(jobs))
         if aggregates(rows):
             print("\nMean over seeds (percent)\n\n" + settings_markdown(rows))
+        if cases:
+            print("\nWorst case under the utility floor (percent)\n\n" + worst_case_markdown(cases))
     else:
         print_jobs(jobs, title=title)
         if aggregates(rows):
             print_settings(rows)
+        if cases:
+            print_worst_cases(cases)
+
+
+def say_reference(jobs: list[Job]) -> None:
+    """After an undefended worst-case search or grid: the reference FA that the defenses' searches need."""
+    default = next((j for j in jobs if j.path.name == "0" and j.ok and j.search), None)
+    if default is not None and default.defense == "none" and default.values.get("eval/finetune_acc") is not None:
+        print(
+            "sbr-bench: the undefended default attack (job 0) reached FA "
+            f"{default.values['eval/finetune_acc']:g}; search a defense against the same floor with "
+            f"search.reference_fa={default.values['eval/finetune_acc']:g}",
+            file=sys.stderr,
+        )
 
 
 def _say(prog: str):
@@ -69,6 +89,10 @@ class ReportCallback(Callback):
         show(jobs, rows, title=f"sbr-bench results (percent): {folder}")
         write_report(jobs, rows, folder, _say("sbr-bench"))
         print(f"sbr-bench: report written to {folder}: report.md, report.csv, plots/", file=sys.stderr)
+        say_reference(jobs)
+        cases = worst_cases(jobs)
+        if cases:
+            log_worst_cases(config.get("logger"), cases, folder)
         failed = [j for j in jobs if not j.ok]
         if failed:
             names = ", ".join(j.name for j in failed)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from annotated_types import Ge, Lt
+from annotated_types import Ge, Gt, Le, Lt
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import ConfigDict, field_validator, model_validator
@@ -229,6 +229,13 @@ class PathsSettings(Schema):
     cache_dir: NonEmptyStr
 
 
+class SearchSettings(Schema):
+    """The attacker's objective of a worst-case search (``conf/search/attacker.yaml``, ``sbr_bench.search``)."""
+
+    utility_floor: Annotated[float, Gt(0), Le(1)]  # a fraction of the reference FA
+    reference_fa: Percent | None
+
+
 class JobSettings(Schema):
     """The whole job config, typed. Plug-in groups are checked but kept as configs (Hydra builds them)."""
 
@@ -249,6 +256,7 @@ class JobSettings(Schema):
     defense: dict[str, Any]
     stack: dict[str, Any] | None = None  # absent unless defense@stack=<option>
     judge: dict[str, Any]
+    search: SearchSettings | None = None  # absent unless search=attacker
 
     @field_validator("align", mode="before")
     @classmethod

@@ -117,3 +117,52 @@ def finish_run(failed: bool) -> None:
 
     if wandb.run is not None:
         wandb.finish(exit_code=1 if failed else 0)
+
+
+def log_worst_cases(settings: DictConfig | None, rows: list, folder) -> None:
+    """One W&B run per worst-case row of a finished search or grid (job type ``worst_case``, tag ``worst-case``).
+
+    Its config names the attack that reached the worst case and the job folder that holds it; its
+    summary holds the section's figures, so a dashboard can put each defense's worst case beside its
+    default-attack runs. ``settings`` is the sweep's ``logger`` node (None: ``logger=none``, nothing logged).
+    """
+    if not settings or not settings.get("wandb"):
+        return
+    import wandb
+
+    from sbr_bench.reporting.worst_case import attack_of
+
+    w = settings.wandb
+    for row in rows:
+        name = "-".join(["worst-case", row.defense, *row.setting])
+        worst, default = row.worst, row.default
+        run = wandb.init(
+            project=w.project,
+            entity=w.entity,
+            group=w.group,
+            job_type="worst_case",
+            name=name,
+            tags=["worst-case"],
+            dir=str(folder),
+            mode=w.mode,
+            reinit="create_new",
+            config={
+                "defense": row.defense,
+                "setting": " ".join(row.setting),
+                "worst_attack": attack_of(worst, digits=None) if worst else None,
+                "worst_job": str(worst.path) if worst else None,
+            },
+        )
+        run.summary.update(
+            {
+                "worst_case/harmful_score": row.worst_hs,
+                "worst_case/finetune_acc": worst.values.get("eval/finetune_acc") if worst else None,
+                "worst_case/default_harmful_score": default.values.get("eval/harmful_score") if default else None,
+                "worst_case/median_harmful_score": row.median_hs,
+                "worst_case/fa_floor": row.floor,
+                "worst_case/trials_feasible": len(row.feasible),
+                "worst_case/trials_finished": len(row.finished),
+                "worst_case/trials_run": len(row.jobs),
+            }
+        )
+        run.finish()

@@ -101,12 +101,6 @@ CASES: list[tuple[str, list[str], str]] = [
     ),
     # plugins, options, keys
     (
-        "a sweeper whose extra is not installed",
-        ["-m", *TOY, "hydra/sweeper=optuna"],
-        "hydra/sweeper=optuna needs the optuna extra; install it with: pip install -e '.[optuna]' (in the repository) "
-        "or pip install 'sbr-bench[optuna]'",
-    ),
-    (
         "an option that does not exist",
         ["defense=sbrr"],
         "defense=sbrr: no such option; valid options: booster, constrained_sft, ewc, l2sp, lisa, none, repnoise, "
@@ -183,6 +177,19 @@ CASES: list[tuple[str, list[str], str]] = [
         "bf16 rounding step of the weights and are lost; load the model in fp32 (model.dtype=float32) and "
         "train in trainer.precision=bf16-mixed (fp32 master weights)",
     ),
+    # the worst-case search
+    (
+        "a defended worst-case search without the undefended reference",
+        ["-m", "experiment=attacker_grid_toy", "defense=sbr"],
+        "search.reference_fa is null, but defense=sbr is not the undefended model whose default attack sets the "
+        "utility floor; run the search for defense=none first and pass its job 0's FA (printed when that search "
+        "ends): search.reference_fa=<FA> (job 0 of the sweep: ...",
+    ),
+    (
+        "a utility floor above 1",
+        [*TOY, "search=attacker", "search.utility_floor=1.5"],
+        "search.utility_floor=1.5 must be <= 1",
+    ),
     (
         "two warmups",
         [*TOY, "attack.warmup_ratio=0.1", "attack.warmup_steps=5"],
@@ -195,6 +202,15 @@ NO_CUDA_CASE = (
     "a GPU trainer on a machine without one",
     [*TOY, "trainer=gpu"],
     "trainer.accelerator=gpu but this machine has no CUDA device; use trainer=cpu or trainer=auto",
+)
+
+
+# Where the optuna extra is absent only (CI installs it; its message is also tested in test_launchers.py).
+NO_OPTUNA_CASE = (
+    "a sweeper whose extra is not installed",
+    ["-m", *TOY, "hydra/sweeper=optuna"],
+    "hydra/sweeper=optuna needs the optuna extra; install it with: pip install -e '.[optuna]' (in the repository) "
+    "or pip install 'sbr-bench[optuna]'",
 )
 
 

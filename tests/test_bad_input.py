@@ -14,15 +14,15 @@ import logging
 
 import pytest
 import torch
-from bad_input_cases import CASES, NO_CUDA_CASE, matches, write_files
+from bad_input_cases import CASES, NO_CUDA_CASE, NO_OPTUNA_CASE, matches, write_files
 from conftest import compose_config
 from test_cli import sbr_bench
 
 from sbr_bench.job import run_job
-from sbr_bench.launchers import missing_plugin
+from sbr_bench.launchers import installed, missing_plugin
 from sbr_bench.precheck import problem
 
-ALL = [*CASES, NO_CUDA_CASE]
+ALL = [*CASES, NO_CUDA_CASE, NO_OPTUNA_CASE]
 # One case of each way a command stops: the pre-check's settings schema, a plug-in's signature, a sweep
 # job, an absent extra, a data file read by the job, a check against the data, a rule in a constructor.
 AS_A_USER = {
@@ -43,14 +43,16 @@ def files(tmp_path_factory):
     return folder
 
 
-def skip_where_cuda(case):
+def skip_where_not_applicable(case):
     if case == NO_CUDA_CASE and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
+    if case == NO_OPTUNA_CASE and installed("hydra_plugins.hydra_optuna_sweeper"):
+        pytest.skip("the optuna extra is installed")
 
 
 @pytest.mark.parametrize(("name", "args", "expected"), ALL, ids=[c[0] for c in ALL])
 def test_bad_input_is_one_line_before_any_model_loads(name, args, expected, files, tmp_path, capsys, caplog):
-    skip_where_cuda((name, args, expected))
+    skip_where_not_applicable((name, args, expected))
     args = [a.replace("{files}", str(files)) for a in args]
     expected = expected.replace("{files}", str(files))
     found = missing_plugin(args) or problem(args)  # what sbr-bench checks before Hydra starts
@@ -72,6 +74,7 @@ USER_CASES = [c for c in ALL if c[0] in AS_A_USER]
 
 @pytest.mark.parametrize(("name", "args", "expected"), USER_CASES, ids=[c[0] for c in USER_CASES])
 def test_as_a_user_runs_it_exit_code_2_and_nothing_else_on_stderr(name, args, expected, files, tmp_path):
+    skip_where_not_applicable((name, args, expected))
     job = tmp_path / "job"
     args = [a.replace("{files}", str(files)) for a in args]
     result = sbr_bench([*args, f"hydra.run.dir={job}", f"hydra.sweep.dir={job}"], tmp_path, tmp_path / "cache")

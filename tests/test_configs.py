@@ -21,7 +21,14 @@ SPECIALISING = {
     "protocol_tier": lambda name: dict(zip(("defense", "tier"), name.rsplit("_", 1), strict=True)),
     "data_eval": lambda name: {"data": name},
 }
-OPTIONS = [(g, p.stem) for g in GROUPS if g not in SPECIALISING for p in sorted((CONF_DIR / g).glob("*.yaml"))]
+# Sweep spaces: an option holds a sweeper's params, placed at hydra.sweeper.params by the preset of its
+# tier (a search space needs the optuna extra's sweeper to compose).
+SWEEP_SPACES = {
+    "attacker_space": {"toy": "attacker_search_toy", "cpu": "attacker_search_cpu", "paper": "attacker_search"},
+    "attacker_grid": {"toy": "attacker_grid_toy", "cpu": "attacker_grid_cpu", "paper": "attacker_grid"},
+}
+NOT_BY_NAME = {*SPECIALISING, *SWEEP_SPACES}
+OPTIONS = [(g, p.stem) for g in GROUPS if g not in NOT_BY_NAME for p in sorted((CONF_DIR / g).glob("*.yaml"))]
 # Options that need another choice to run on the toy model (whose alignment is a full fine-tuning).
 NEEDS = {("adapter", "continue"): ["align=sft"]}
 
@@ -42,7 +49,7 @@ def test_every_group_has_options():
         "tier",
         "attack_tier",
     } <= set(GROUPS)
-    assert {g for g, _ in OPTIONS} == set(GROUPS) - set(SPECIALISING)
+    assert {g for g, _ in OPTIONS} == set(GROUPS) - NOT_BY_NAME
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
@@ -74,6 +81,22 @@ def test_every_specialising_option_is_picked_by_the_choices_it_names(make_cfg, m
     align = [] if "align" in choices or "defense" not in choices else ["align=sft"]
     cfg = make_cfg([f"{k}={v}" for k, v in choices.items()] + align)
     assert cfg.hydra.runtime.choices[group] == option
+    assert_runs_its_config(cfg)
+
+
+SPACES = [(g, p.stem) for g in SWEEP_SPACES for p in sorted((CONF_DIR / g).glob("*.yaml"))]
+
+
+@pytest.mark.parametrize(("group", "option"), SPACES, ids=[f"{g}/{o}" for g, o in SPACES])
+def test_every_sweep_space_is_the_params_of_its_tiers_preset(make_cfg, monkeypatch, group, option):
+    if group == "attacker_space":
+        pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="pip install -e '.[optuna]'")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # the paper presets name hub models
+    cfg = make_cfg([f"experiment={SWEEP_SPACES[group][option]}", "defense=none"])
+    assert cfg.hydra.runtime.choices[f"{group}@hydra.sweeper.params"] == option
+    space = OmegaConf.load(CONF_DIR / group / f"{option}.yaml")
+    assert OmegaConf.to_container(cfg.hydra.sweeper.params) == OmegaConf.to_container(space)
+    assert cfg.hydra.runtime.choices.tier == option  # the space of the tier the preset runs at
     assert_runs_its_config(cfg)
 
 

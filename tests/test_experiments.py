@@ -14,6 +14,9 @@ EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 PAPER_SCALE = ["sbr_table1", "poison_ratio", "lambda_sweep", "num_anchors", "persistent_hft"]
 # Presets written from another paper's official scripts (docs/protocols.md), GPU only.
 PROTOCOLS = ["lisa_sst2"]
+# The worst case of a defense over what the attacker controls: searched (optuna extra) or as a grid, per tier.
+SEARCHES = ["attacker_search", "attacker_search_cpu", "attacker_search_toy"]
+WORST_CASE = [*SEARCHES, "attacker_grid", "attacker_grid_cpu", "attacker_grid_toy"]
 
 
 def grid(cfg) -> list[list[str]]:
@@ -24,7 +27,13 @@ def grid(cfg) -> list[list[str]]:
 
 
 def test_every_preset_the_issue_asks_for_exists_with_its_cpu_variant():
-    assert set(EXPERIMENTS) == {"quickstart", *PAPER_SCALE, *(f"{name}_cpu" for name in PAPER_SCALE), *PROTOCOLS}
+    assert set(EXPERIMENTS) == {
+        "quickstart",
+        *PAPER_SCALE,
+        *(f"{name}_cpu" for name in PAPER_SCALE),
+        *PROTOCOLS,
+        *WORST_CASE,
+    }
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -33,11 +42,17 @@ def test_each_preset_opens_with_its_command_and_the_paper_result_it_reproduces(n
     header = text.split("\ndefaults:")[0]
     assert text.startswith("# @package _global_\n")
     assert f"sbr-bench -m experiment={name}" in header
-    words = ("Table", "Figure", "ablation") if name not in PROTOCOLS else ("script",)
+    words = ("Table", "Figure", "ablation")
+    words = ("script",) if name in PROTOCOLS else ("worst case",) if name in WORST_CASE else words
     assert any(word in header for word in words), "name the paper table or figure (or the official script)"
+    if name in WORST_CASE:
+        assert "search.reference_fa=<FA>" in header  # the second command of a worst-case comparison
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
+GRIDS = [name for name in EXPERIMENTS if name not in SEARCHES]  # a search's jobs: tests/test_attacker_search.py
+
+
+@pytest.mark.parametrize("name", GRIDS)
 def test_every_job_of_each_presets_grid_composes_and_runs_the_values_it_prints(make_cfg, monkeypatch, name):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # the paper presets name hub models
     cfg = make_cfg([f"experiment={name}"])

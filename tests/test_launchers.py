@@ -257,3 +257,16 @@ def test_submitit_local_sweep_gives_exactly_the_basic_launchers_numbers(sweeps):
             assert numbers(job) == numbers(basic[name]), f"job {name}"
     assert list((sweep / ".submitit").glob("*/*_log.out"))  # each job's stdout, as on a cluster
     assert not math.isnan(numbers(jobs(sweep)["0"])["eval/harmful_score"])
+
+
+def test_a_search_without_the_optuna_extra_names_it_and_the_grid(monkeypatch):
+    from sbr_bench import launchers
+
+    monkeypatch.setattr(launchers, "installed", lambda package: package != "hydra_plugins.hydra_optuna_sweeper")
+    assert launchers.missing_plugin(["-m", "experiment=attacker_grid_cpu"]) is None
+    assert launchers.missing_plugin(["-m", "experiment=attacker_search_cpu", "defense=none"]) == (
+        "experiment=attacker_search_cpu searches with the Optuna sweeper, which needs the optuna extra: "
+        "pip install -e '.[optuna]' (in the repository) or pip install 'sbr-bench[optuna]'; without it, "
+        "experiment=attacker_grid_cpu runs the same space as a grid"
+    )
+    assert "needs the optuna extra" in launchers.missing_plugin(["-m", "hydra/sweeper=attacker_search"])

@@ -146,6 +146,7 @@ def test_smollm2_job_end_to_end(tmp_path, shared_cache):
         "debug=fast",
         "align.max_steps=2",
         "align.seed=1",
+        *("align.num_harmful=8", "align.num_benign=8", "align.self_max_new_tokens=8"),  # a short self-distillation
         "eval.max_new_tokens=8",
     ]
     for name in ("first", "cached"):

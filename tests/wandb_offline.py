@@ -58,3 +58,20 @@ def run_name(path: Path) -> str:
         if record.WhichOneof("record_type") == "run":
             return record.run.display_name
     raise AssertionError(f"{path} holds no run record")
+
+
+def run_tags(path: Path) -> list[str]:
+    """The run's tags, as set when it started."""
+    for record in records(path):
+        if record.WhichOneof("record_type") == "run":
+            return list(record.run.tags)
+    raise AssertionError(f"{path} holds no run record")
+
+
+def run_summary(path: Path) -> dict:
+    """The run's summary (every update, the last value of each key winning)."""
+    summary = {}
+    for record in records(path):
+        if record.WhichOneof("record_type") == "summary":
+            summary.update({item.key: json.loads(item.value_json) for item in record.summary.update})
+    return summary

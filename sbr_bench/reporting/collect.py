@@ -25,6 +25,7 @@ COLUMNS = (
     ("over-refusal", "eval/over_refusal"),
 )
 KAPPA = "judge/kappa/"  # agreement between judges, written by sbr-bench-judge
+SEARCH = "search/"  # a worst-case search's objective (sbr_bench.search): floor, feasible, objective
 HIDDEN = ("experiment=", "hydra.", "resume=")  # overrides that do not name a job in the per-job table
 REPLICATES = ("seed", "attack.data_seed", "seeds")  # the jobs of one setting differ only in these (seeds: conf/seeds)
 DEFENSE_GROUPS = ("defense", "defense@stack")
@@ -39,6 +40,7 @@ class Job:
     values: dict[str, float | None]  # the COLUMNS metrics (None: not in metrics.json)
     status: str  # "ok", "missing", "interrupted", "error: <message>"
     kappas: dict[str, float] = field(default_factory=dict)  # judge/kappa/<a>~<b>, from sbr-bench-judge
+    search: dict[str, float] = field(default_factory=dict)  # search/<name> (floor, feasible, objective, ...)
     choices: dict[str, Any] = field(default_factory=dict)  # hydra.runtime.choices
     config: dict[str, Any] = field(default_factory=dict)  # .hydra/config.yaml, unresolved
     curves: dict[str, list[float]] | None = None  # metrics.json "curves" (eval.during_attack)
@@ -133,6 +135,7 @@ def read_job(job: Path) -> Job:
         values={key: metrics.get(key) for _, key in COLUMNS},
         status=state,
         kappas={k[len(KAPPA) :]: v for k, v in metrics.items() if k.startswith(KAPPA)},
+        search={k[len(SEARCH) :]: v for k, v in metrics.items() if k.startswith(SEARCH)},
         choices=choices,
         config=_read_yaml(job / ".hydra" / "config.yaml") or {},
         curves=curves if isinstance(curves, dict) else None,

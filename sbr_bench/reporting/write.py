@@ -1,4 +1,5 @@
-"""Write a sweep's report files: ``report.md``, ``report.csv`` and ``plots/*.png`` in one folder.
+"""Write a sweep's report files: ``report.md``, ``report.csv`` and ``plots/*.png`` in one folder
+(and ``worst_case.csv`` for the jobs of a worst-case search or grid).
 
 The tables are written first (atomically), the plots after them, and ``report.md`` once more with
 the list of plots: a plot that fails or a process killed while plotting never loses the tables.
@@ -10,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sbr_bench.io import write_text_atomic
-from sbr_bench.reporting import plots, tables
+from sbr_bench.reporting import plots, tables, worst_case
 from sbr_bench.reporting.aggregate import Setting
 from sbr_bench.reporting.collect import Job
 
@@ -19,6 +20,9 @@ def report_markdown(jobs: list[Job], rows: list[Setting], plot_outcome: dict[str
     """The whole ``report.md``: per-job table, aggregated table, what ran, unfinished jobs, judge agreement, plots."""
     parts = ["# sbr-bench report (percent)", "## Jobs", tables.jobs_markdown(jobs), "## Mean over seeds"]
     parts.append(tables.settings_markdown(rows) if rows else "No job finished: nothing to aggregate.")
+    cases = worst_case.worst_cases(jobs)
+    if cases:
+        parts += ["## Worst case under the utility floor", worst_case.worst_case_markdown(cases)]
     parts += ["## What ran", tables.ran_markdown(jobs)]
     parts += ["## Jobs that did not finish", tables.failed_markdown(jobs)]
     if any(j.kappas for j in jobs):
@@ -40,5 +44,10 @@ def write_report(jobs: list[Job], rows: list[Setting], out: Path, say: Callable[
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "report.md", report_markdown(jobs, rows))
     write_text_atomic(out / "report.csv", tables.settings_csv(rows))
+    cases = worst_case.worst_cases(jobs)
+    if cases:
+        write_text_atomic(out / "worst_case.csv", worst_case.worst_case_csv(cases))
     outcome = plots.draw(rows, out / "plots", say)
+    if cases:
+        outcome.update(worst_case.draw(cases, out / "plots", say))
     write_text_atomic(out / "report.md", report_markdown(jobs, rows, outcome))
