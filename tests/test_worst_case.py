@@ -57,7 +57,9 @@ def test_the_floor_ties_and_failed_trials(tmp_path):
     assert [j.name for j in row.failed] == ["4"]
     assert (len(row.feasible), len(row.finished), len(row.jobs)) == (3, 4, 5)
     text = worst_case_markdown([row])
-    row_line = "| none | - | 70.0 | 75.0 | attack=backdoor attack.lr=0.003 (job 2) (+1 tied) | 50.0 | 70.0 | 3 / 4 / 5"
+    assert row.max_hs_any_fa == 90.0  # job 1, below the floor
+    attack = "attack=backdoor attack.lr=0.003 (job 2) (+1 tied)"
+    row_line = f"| none | - | 70.0 | 75.0 | {attack} | 50.0 | 70.0 | 90.0 | 3 / 4 / 5 | 72.0 |"
     assert row_line in text
     assert "- none: job 4 (attack=hft adapter=full): error: CUDA out of memory" in text
 
@@ -75,7 +77,7 @@ def test_defense_settings_are_rows_and_every_trial_below_the_floor_gives_no_wors
     table = list(csv.DictReader(io.StringIO(worst_case_csv(rows))))
     assert table[0]["worst_hs"] == "40.0" and table[0]["worst_attack"] == "attack=backdoor"
     assert table[0]["default_hs"] == "20.0" and table[0]["trials_feasible"] == "2" and table[0]["fa_floor"] == "72.0"
-    assert table[1]["worst_hs"] == "" and table[1]["trials_finished"] == "1"
+    assert table[1]["worst_hs"] == "" and table[1]["trials_finished"] == "1" and table[1]["max_hs_any_fa"] == "60.0"
 
 
 def test_an_ordinary_sweep_has_no_worst_case_section(tmp_path):

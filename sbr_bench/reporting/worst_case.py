@@ -9,7 +9,8 @@ defense (and per setting of anything else that is not the attacker's: ``defense.
   that reached it (ties: the first in job order, and how many others reached the same HS);
 - the spread over those attacks: median and max HS;
 - the default attack's HS: job 0 of each search or grid runs the tier's default attack, so the
-  worst case is never below it when job 0 kept the floor;
+  worst case is never below it when job 0 kept the floor (a defense that costs FA may miss it);
+- the highest HS at any FA: over every finished trial, the floor ignored (what the floor leaves out);
 - trials: run, finished, kept the floor. Jobs that did not finish are left out of every figure and
   listed by name.
 
@@ -90,6 +91,12 @@ class WorstCase:
         return None if self.worst is None else self.worst.values[HS]
 
     @property
+    def max_hs_any_fa(self) -> float | None:
+        """The highest HS over every finished trial, floor or not: what the floor leaves out."""
+        values = [j.values[HS] for j in self.finished if finite(j.values.get(HS))]
+        return max(values) if values else None
+
+    @property
     def median_hs(self) -> float | None:
         values = [j.values[HS] for j in self.feasible]
         return statistics.median(values) if values else None
@@ -126,11 +133,13 @@ def _num(value: float | None) -> str:
 
 
 HEADER = ["defense", "setting", "worst-case HS", "its FA", "attack that reached it", "default attack HS"]
-HEADER += ["median HS", "trials (kept floor / finished / run)", "FA floor"]
+HEADER += ["median HS", "max HS at any FA", "trials (kept floor / finished / run)", "FA floor"]
 NOTE = (
     "Worst case: the highest HS after the attack over the finished trials whose FA kept the floor "
     "(utility_floor x the undefended default attack's FA); median over the same trials. The default attack is "
-    "job 0 of each search or grid. Trials that did not finish are left out of every figure and listed below."
+    "job 0 of each search or grid; when it misses the floor the worst case can be below its HS. Max HS at any FA: "
+    "over every finished trial, the floor ignored. Trials that did not finish are left out of every figure and "
+    "listed below."
 )
 
 
@@ -148,6 +157,7 @@ def _cells(row: WorstCase) -> list[str]:
         attack,
         _num(default_hs),
         _num(row.median_hs),
+        _num(row.max_hs_any_fa),
         f"{len(row.feasible)} / {len(row.finished)} / {len(row.jobs)}",
         "varies" if row.floor is None and row.finished else _num(row.floor),
     ]
@@ -182,7 +192,8 @@ def print_worst_cases(rows: list[WorstCase]) -> None:
 
 
 CSV_HEADER = ["defense", "setting", "worst_hs", "worst_fa", "worst_attack", "worst_job", "ties", "default_hs"]
-CSV_HEADER += ["median_hs", "trials_feasible", "trials_finished", "trials_run", "fa_floor", "failed_jobs"]
+CSV_HEADER += ["median_hs", "max_hs_any_fa", "trials_feasible", "trials_finished", "trials_run", "fa_floor"]
+CSV_HEADER += ["failed_jobs"]
 
 
 def worst_case_csv(rows: list[WorstCase]) -> str:
@@ -203,6 +214,7 @@ def worst_case_csv(rows: list[WorstCase]) -> str:
                 row.ties,
                 _plain(default.values.get(HS) if default is not None and default.ok else None),
                 _plain(row.median_hs),
+                _plain(row.max_hs_any_fa),
                 len(row.feasible),
                 len(row.finished),
                 len(row.jobs),
