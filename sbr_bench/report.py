@@ -23,7 +23,7 @@ from sbr_bench import runtime
 from sbr_bench.reporting.aggregate import Setting, aggregates, group
 from sbr_bench.reporting.collect import COLUMNS, Job, collect
 from sbr_bench.reporting.tables import agreement, jobs_markdown, print_jobs, print_settings, settings_markdown
-from sbr_bench.reporting.worst_case import print_worst_cases, worst_case_markdown, worst_cases
+from sbr_bench.reporting.worst_case import FA, print_worst_cases, worst_case_markdown, worst_cases
 from sbr_bench.reporting.write import write_report
 from sbr_bench.wandb_run import log_worst_cases
 
@@ -54,16 +54,16 @@ def show(jobs: list[Job], rows: list[Setting], fmt: str = "table", title: str = 
             print_worst_cases(cases)
 
 
-def say_reference(jobs: list[Job]) -> None:
+def say_reference(cases: list) -> None:
     """After an undefended worst-case search or grid: the reference FA that the defenses' searches need."""
-    default = next((j for j in jobs if j.path.name == "0" and j.ok and j.search), None)
-    if default is not None and default.defense == "none" and default.values.get("eval/finetune_acc") is not None:
-        print(
-            "sbr-bench: the undefended default attack (job 0) reached FA "
-            f"{default.values['eval/finetune_acc']:g}; search a defense against the same floor with "
-            f"search.reference_fa={default.values['eval/finetune_acc']:g}",
-            file=sys.stderr,
-        )
+    for row in cases:
+        default = row.default
+        if row.defense == "none" and default is not None and default.ok and default.values.get(FA) is not None:
+            print(
+                f"sbr-bench: the undefended default attack (job {default.name}) reached FA {default.values[FA]:g}; "
+                f"search a defense against the same floor with search.reference_fa={default.values[FA]:g}",
+                file=sys.stderr,
+            )
 
 
 def _say(prog: str):
@@ -89,9 +89,9 @@ class ReportCallback(Callback):
         show(jobs, rows, title=f"sbr-bench results (percent): {folder}")
         write_report(jobs, rows, folder, _say("sbr-bench"))
         print(f"sbr-bench: report written to {folder}: report.md, report.csv, plots/", file=sys.stderr)
-        say_reference(jobs)
         cases = worst_cases(jobs)
         if cases:
+            say_reference(cases)
             log_worst_cases(config.get("logger"), cases, folder)
         failed = [j for j in jobs if not j.ok]
         if failed:

@@ -28,10 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sbr_bench.reporting.collect import HIDDEN, Job, override_key
+from sbr_bench.reporting.plots import FA, HS
 from sbr_bench.reporting.stats import finite
 
-HS = "eval/harmful_score"
-FA = "eval/finetune_acc"
 ATTACKER = ("attack", "adapter")  # the config groups the attacker controls (conf/attacker_space/)
 NOT_A_SETTING = ("search", "logger", "seeds")  # keys that do not make a defense's setting
 
