@@ -219,11 +219,9 @@ def test_a_killed_search_resumes_the_study_without_running_finished_trials_again
     study = optuna.load_study(study_name="attacker_search_toy-none", storage=f"sqlite:///{sweep}/study.db")
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 4 and len(study.trials) == 5  # + the killed attempt, marked failed
-    # The killed trial ran again with its own parameters, in its own folder.
-    redo = next(t for t in complete if t.params == running[0].params)
-    folder = running[0].number if running[0].number < 4 else None
-    assert redo is not None and folder is not None
-    overrides = (sweep / str(folder) / ".hydra" / "overrides.yaml").read_text()
+    # The killed trial (trial 2: jobs 0 and 1 had finished) ran again with its own parameters, in its folder.
+    assert running[0].number == 2 and [t.params for t in complete].count(running[0].params) == 1
+    overrides = (sweep / "2" / ".hydra" / "overrides.yaml").read_text()
     assert f"attack.lr={running[0].params['attack.lr']}" in overrides
     assert (sweep / "worst_case.csv").is_file() and "## Worst case under the utility floor" in (
         sweep / "report.md"

@@ -14,13 +14,15 @@ from sbr_bench.io import write_text_atomic
 from sbr_bench.reporting import plots, tables, worst_case
 from sbr_bench.reporting.aggregate import Setting
 from sbr_bench.reporting.collect import Job
+from sbr_bench.reporting.worst_case import WorstCase
 
 
-def report_markdown(jobs: list[Job], rows: list[Setting], plot_outcome: dict[str, str] | None = None) -> str:
+def report_markdown(
+    jobs: list[Job], rows: list[Setting], cases: list[WorstCase], plot_outcome: dict[str, str] | None = None
+) -> str:
     """The whole ``report.md``: per-job table, aggregated table, what ran, unfinished jobs, judge agreement, plots."""
     parts = ["# sbr-bench report (percent)", "## Jobs", tables.jobs_markdown(jobs), "## Mean over seeds"]
     parts.append(tables.settings_markdown(rows) if rows else "No job finished: nothing to aggregate.")
-    cases = worst_case.worst_cases(jobs)
     if cases:
         parts += ["## Worst case under the utility floor", worst_case.worst_case_markdown(cases)]
     parts += ["## What ran", tables.ran_markdown(jobs)]
@@ -42,12 +44,12 @@ def write_report(jobs: list[Job], rows: list[Setting], out: Path, say: Callable[
     ``say`` gets one line per skipped or failed plot.
     """
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "report.md", report_markdown(jobs, rows))
-    write_text_atomic(out / "report.csv", tables.settings_csv(rows))
     cases = worst_case.worst_cases(jobs)
+    write_text_atomic(out / "report.md", report_markdown(jobs, rows, cases))
+    write_text_atomic(out / "report.csv", tables.settings_csv(rows))
     if cases:
         write_text_atomic(out / "worst_case.csv", worst_case.worst_case_csv(cases))
     outcome = plots.draw(rows, out / "plots", say)
     if cases:
         outcome.update(worst_case.draw(cases, out / "plots", say))
-    write_text_atomic(out / "report.md", report_markdown(jobs, rows, outcome))
+    write_text_atomic(out / "report.md", report_markdown(jobs, rows, cases, outcome))
