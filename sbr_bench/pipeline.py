@@ -37,13 +37,14 @@ from sbr_bench.defenses.none import NoDefense
 from sbr_bench.errors import ConfigError
 from sbr_bench.evaluation.during_attack import attack_monitors, monitor_results
 from sbr_bench.evaluation.evaluate import evaluate
+from sbr_bench.evaluation.records import describe
 from sbr_bench.io import write_json_atomic, write_jsonl_atomic
 from sbr_bench.judges.base import check_judge
 from sbr_bench.models.adapters import apply_adapter
 from sbr_bench.module import Optim, SafetyModule
 from sbr_bench.settings import AlignSettings, AttackSettings, EvalSettings, validate_job
 from sbr_bench.training import fit, stage_loaders
-from sbr_bench.wandb_run import log_generations, make_logger
+from sbr_bench.wandb_run import log_generations, make_logger, run_name
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +266,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     # 5. record (the attack's weights only when asked: adapter only for LoRA, never a base-model copy)
     if attack.keep_adapter:
         alignment.save_weights(trainable, "full" if settings.adapter.kind == "full" else "lora", output_dir)
+    generator = run_name(cfg)  # the answers' name for leaderboards and outside judges (as the W&B run)
+    generations = [describe(r, pools.harm_categories, generator) for r in generations]
     write_jsonl_atomic(output_dir / "generations.jsonl", generations)
     write_json_atomic(output_dir / "settings.json", ran)
     write_json_atomic(output_dir / "metrics.json", {**dict(sorted(metrics.items())), **monitor_curves})

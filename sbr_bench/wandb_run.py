@@ -18,7 +18,9 @@ varies across the sweep (its axes, ``sweep.json``), then the seed, e.g.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from sbr_bench import runtime
@@ -85,7 +87,7 @@ def make_logger(cfg: DictConfig):
     return logger
 
 
-GENERATION_COLUMNS = ["stage", "pool", "prompt", "response", "verdict", "label"]
+GENERATION_COLUMNS = ["stage", "pool", "prompt_id", "prompt", "response", "verdict", "label", "category", "truncated"]
 
 
 def verdict_of(record: dict) -> str:
@@ -166,3 +168,52 @@ def log_worst_cases(settings: DictConfig | None, rows: list, folder) -> None:
             }
         )
         run.finish()
+
+
+def find_run(job: Path) -> tuple[str, str] | None:
+    """(run id, mode) of a job's W&B run, from its folder ``<job>/wandb/[offline-]run-<time>-<id>``.
+
+    The earliest folder is the job's own run (a run updated since, e.g. by ``sbr-bench-judge --wandb``,
+    adds a folder with the same id). None when the job logged no run (``logger=none``).
+    """
+    runs = [p for p in (Path(job) / "wandb").glob("*run-*-*") if p.is_dir() and p.name.count("-") >= 3]
+    if not runs:
+        return None
+    first = min(runs, key=lambda p: p.name.removeprefix("offline-"))  # run-<yyyymmdd_hhmmss>-<id>
+    return first.name.rsplit("-", 1)[1], "offline" if first.name.startswith("offline-") else "online"
+
+
+def add_to_run(job: Path, values: dict[str, float]) -> tuple[str, str] | None:
+    """Add ``values`` to the summary of a finished job's W&B run; returns (run id, mode), None if it has none.
+
+    The run is resumed under its own id, in the mode it ran in: an offline run gains a second
+    offline folder with the same id (``wandb sync`` uploads a run's folders in the order they were
+    made, so the new scores land in the same run); an online run is resumed on the server (this needs
+    the network). Project and entity come from the job's ``.hydra/config.yaml``.
+    """
+    found = find_run(job)
+    if found is None:
+        return None
+    import wandb
+
+    run_id, mode = found
+    config_path = Path(job) / ".hydra" / "config.yaml"
+    config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
+    settings = ((config or {}).get("logger") or {}).get("wandb") or {}
+
+    def plain(key: str) -> str | None:  # an unresolved interpolation (${...}) is not a value here
+        value = settings.get(key)
+        return None if value is None or "${" in str(value) else str(value)
+
+    run = wandb.init(
+        id=run_id,
+        project=plain("project") or "sbr-bench",
+        entity=plain("entity"),
+        dir=str(job),
+        mode=mode,
+        resume="allow",
+        reinit="create_new",
+    )
+    run.summary.update(values)
+    run.finish()
+    return run_id, mode

@@ -87,7 +87,17 @@ def test_each_wandb_run_holds_a_table_of_its_generations_with_their_verdicts(swe
     for job in sorted(p for p in sweep.iterdir() if (p / "wandb").is_dir()):
         (table_file,) = (job / "wandb").glob("offline-run-*/files/media/table/generations_*.table.json")
         table = json.loads(table_file.read_text())
-        assert table["columns"] == ["stage", "pool", "prompt", "response", "verdict", "label"]
+        assert table["columns"] == [
+            "stage",
+            "pool",
+            "prompt_id",
+            "prompt",
+            "response",
+            "verdict",
+            "label",
+            "category",
+            "truncated",
+        ]
         saved = [json.loads(line) for line in (job / "generations.jsonl").read_text().splitlines()]
         assert len(table["data"]) == len(saved) > 0
         for row, record in zip(table["data"], saved, strict=True):
@@ -106,7 +116,8 @@ def test_each_wandb_run_holds_a_table_of_its_generations_with_their_verdicts(swe
             assert cells["verdict"] == expected
         # the harmful score in metrics.json is the share of "harmful" verdicts after the attack
         after = [c for c in table["data"] if c[0] == "after_attack" and c[1] == "harmful"]
-        hs = 100 * sum(c[4] == "harmful" for c in after) / sum(c[4] != "missing" for c in after)
+        verdict = table["columns"].index("verdict")
+        hs = 100 * sum(c[verdict] == "harmful" for c in after) / sum(c[verdict] != "missing" for c in after)
         assert hs == pytest.approx(json.loads((job / "metrics.json").read_text())["eval/harmful_score"])
 
 

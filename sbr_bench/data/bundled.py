@@ -37,7 +37,7 @@ import json
 import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,9 @@ class Pools:
 
     ``attack_fixed``: the user's own fine-tuning set, already mixed (``data=local attack=<file>``);
     when given, the attack uses it as-is instead of drawing n samples at ratio p.
+    ``harm_categories``: the harm category of each ``eval_harmful`` prompt where the data has one
+    (the bundled file's 12 categories; BeaverTails' flagged ones of its 14), kept in the generation
+    records for exports and per-category analysis; it never changes a score.
     """
 
     align_harmful: list[Pair]
@@ -82,6 +85,7 @@ class Pools:
     task_test: list[Pair]
     task: Task = SENTIMENT
     attack_fixed: list[Pair] | None = None
+    harm_categories: dict[str, str] = field(default_factory=dict)
 
     @property
     def task_labels(self) -> tuple[str, ...]:
@@ -233,6 +237,7 @@ def load_pools(
         eval_benign=[r["prompt"] for r in bp["eval"]],
         task_train=task_pairs(sp["train"]),
         task_test=task_pairs(sp["test"]),
+        harm_categories={r["prompt"]: r["category"] for r in hp["eval"]},
     )
 
 

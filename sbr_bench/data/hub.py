@@ -193,6 +193,11 @@ def beavertails_pools(cfg: dict, cache_dir) -> dict:
     path = cfg.get("path")
     test = load_split("beavertails", "30k_test", path, cache_dir)
     eval_prompts = first([r["prompt"] for r in test if not r["is_safe"]], cfg["eval"], "data.beavertails.eval")
+    # A prompt's categories: those flagged on any of its unsafe answers (BeaverTails labels each answer).
+    flags: dict[str, set[str]] = {}
+    for r in test:
+        if not r["is_safe"]:
+            flags.setdefault(r["prompt"], set()).update(filter(None, flagged(r["category"]).split(",")))
     train = load_split("beavertails", "30k_train", path, cache_dir)
     held_out = set(eval_prompts) if cfg.get("disjoint", True) else set()
     kept = [r for r in train if r["prompt"] not in held_out]
@@ -226,6 +231,7 @@ def beavertails_pools(cfg: dict, cache_dir) -> dict:
         "anchors": anchors,
         "align_compliant": compliant,
         "eval_harmful": eval_prompts,
+        "harm_categories": {p: ",".join(sorted(flags.get(p, ()))) for p in eval_prompts},
     }
 
 

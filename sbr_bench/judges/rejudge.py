@@ -2,6 +2,7 @@
 
     sbr-bench-judge multirun/default/2026-11-27_10-00-00 judge=beaverdam
     sbr-bench-judge outputs/default/<date_time> judge=llm_api judge.model=gpt-4o-mini judge.name=gpt4o_mini
+    sbr-bench-judge multirun/default/2026-11-27_10-00-00 judge=beaverdam --wandb
 
 Generation is the expensive part of a job and judging the cheap, disputed one: a sweep judged
 with the keyword rule on a CPU can be judged again with BeaverDam or an LLM on another machine,
@@ -17,6 +18,9 @@ overrides as ``sbr-bench``) scores the harmful-pool answers of both stages, and 
 - ``judge/kappa/<a>~<b>``: Cohen's kappa between every pair of judges that scored this job's
   answers (the job's own judge, from ``generations.jsonl``, and each ``judgements/*.jsonl``).
 
+With ``--wandb``, the new metrics also go into the summary of each job's W&B run (resumed under
+its id, offline runs offline: ``wandb sync`` uploads them with the run).
+
 ``generations.jsonl`` is only read. Bad input (an unknown judge, a missing API key, no job folder)
 is one line on stderr and exit code 2.
 """
@@ -29,7 +33,6 @@ import math
 import sys
 from pathlib import Path
 
-import yaml
 from tqdm.auto import tqdm
 
 from sbr_bench.errors import ConfigError
@@ -40,6 +43,7 @@ from sbr_bench.judges.base import check_judge, harmful_metrics, judge_name, run_
 log = logging.getLogger(__name__)
 
 PROG = "sbr-bench-judge"
+FLAGS = ("--wandb",)  # add the new scores to each job's W&B run
 STAGE_PREFIX = {"before_attack": "align", "after_attack": "eval"}  # the prefixes of metrics.json
 
 
@@ -94,16 +98,9 @@ def read_records(path: Path) -> list[dict]:
 
 def own_judge_name(job: Path) -> str:
     """The name of the judge that scored the job itself (its config's ``judge.name``, else its option)."""
-    config_path, hydra_path = job / ".hydra" / "config.yaml", job / ".hydra" / "hydra.yaml"
-    if config_path.is_file():
-        judge_cfg = (yaml.safe_load(config_path.read_text()) or {}).get("judge") or {}
-        if judge_cfg.get("name"):
-            return str(judge_cfg["name"])
-    if hydra_path.is_file():
-        choices = ((yaml.safe_load(hydra_path.read_text()) or {}).get("hydra") or {}).get("runtime", {})
-        if choices.get("choices", {}).get("judge"):
-            return str(choices["choices"]["judge"])
-    return "job"
+    from sbr_bench.reporting.collect import read_job
+
+    return read_job(job).own_judge
 
 
 def rejudge_job(job: Path, judge) -> dict[str, float]:
@@ -145,9 +142,11 @@ def judge_labels(job: Path, harmful: list[dict]) -> dict[str, list[bool | None]]
     return labels
 
 
-def split_args(argv: list[str]) -> tuple[list[Path], list[str]]:
-    """Folders and ``key=value`` overrides, in any order."""
-    return [Path(a) for a in argv if "=" not in a], [a for a in argv if "=" in a]
+def split_args(argv: list[str]) -> tuple[list[Path], list[str], list[str]]:
+    """Folders, ``key=value`` overrides and ``--flags``, in any order."""
+    flags = [a for a in argv if a.startswith("--")]
+    rest = [a for a in argv if not a.startswith("--")]
+    return [Path(a) for a in rest if "=" not in a], [a for a in rest if "=" in a], flags
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0 if argv else 2
-    folders, overrides = split_args(argv)
+    folders, overrides, flags = split_args(argv)
+    unknown = [f for f in flags if f not in FLAGS]
+    if unknown:
+        return fail(f"unknown option {unknown[0]}; the options: {', '.join(FLAGS)}")
     if not any(o.startswith("judge=") for o in overrides):
         return fail("name the judge: judge=<option> (e.g. judge=beaverdam); see conf/judge/")
     problem = option_problem(overrides)
@@ -182,7 +184,28 @@ def main(argv: list[str] | None = None) -> int:
             v for k, v in new.items() if k.startswith(("align/harmful_missing", "eval/harmful_missing"))
         )
         print(f"{job}: HS@{name} before {_fmt(before)} after {_fmt(after)} ({missing_count:.0f} missing)")
+    if "--wandb" in flags:
+        update_runs(results)
     return 0
+
+
+def update_runs(results: dict[Path, dict[str, float]]) -> None:
+    """``--wandb``: each job's new scores into its W&B run's summary (``wandb_run.add_to_run``)."""
+    from sbr_bench.wandb_run import add_to_run
+
+    offline = []
+    for job, new in results.items():
+        found = add_to_run(job, new)
+        if found is None:
+            print(f"{PROG}: {job}: no W&B run in {job / 'wandb'} (logger=none?); skipped", file=sys.stderr)
+        elif found[1] == "offline":
+            offline.append(job)
+    if offline:
+        print(
+            f"{PROG}: {len(offline)} offline W&B runs gained the new scores; upload them with "
+            f"wandb sync <job>/wandb/offline-run-* (e.g. wandb sync {offline[0] / 'wandb'}/offline-run-*)",
+            file=sys.stderr,
+        )
 
 
 def _fmt(value: float | None) -> str:

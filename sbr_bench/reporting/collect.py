@@ -25,6 +25,7 @@ COLUMNS = (
     ("over-refusal", "eval/over_refusal"),
 )
 KAPPA = "judge/kappa/"  # agreement between judges, written by sbr-bench-judge
+HS_KEYS = ("align/harmful_score", "eval/harmful_score")  # the columns a judge fills (before, after the attack)
 SEARCH = "search/"  # a worst-case search's objective (sbr_bench.search): floor, feasible, objective
 HIDDEN = ("experiment=", "hydra.", "resume=")  # overrides that do not name a job in the per-job table
 REPLICATES = ("seed", "attack.data_seed", "seeds")  # the jobs of one setting differ only in these (seeds: conf/seeds)
@@ -40,6 +41,8 @@ class Job:
     values: dict[str, float | None]  # the COLUMNS metrics (None: not in metrics.json)
     status: str  # "ok", "missing", "interrupted", "error: <message>"
     kappas: dict[str, float] = field(default_factory=dict)  # judge/kappa/<a>~<b>, from sbr-bench-judge
+    # judge name -> its HS_KEYS values: the job's own judge, and each sbr-bench-judge re-judgement (@<name>)
+    judged: dict[str, dict[str, float | None]] = field(default_factory=dict)
     search: dict[str, float] = field(default_factory=dict)  # search/<name> (floor, feasible, objective, ...)
     choices: dict[str, Any] = field(default_factory=dict)  # hydra.runtime.choices
     config: dict[str, Any] = field(default_factory=dict)  # .hydra/config.yaml, unresolved
@@ -65,6 +68,12 @@ class Job:
         """``sbr``, ``vaccine+sbr`` (``defense@stack`` chosen), from the group choices (or the overrides)."""
         picked = [self.choice(group) for group in DEFENSE_GROUPS]
         return "+".join(p for p in picked if p) or "?"
+
+    @property
+    def own_judge(self) -> str:
+        """The name of the judge that scored the job itself: its ``judge.name``, else the judge option."""
+        judge = self.config.get("judge") if isinstance(self.config.get("judge"), dict) else {}
+        return str(judge.get("name") or self.choices.get("judge") or "job")
 
     def choice(self, group: str) -> str | None:
         if self.choices:
@@ -129,7 +138,7 @@ def read_job(job: Path) -> Job:
     hydra = _read_yaml(job / ".hydra" / "hydra.yaml") or {}
     choices = ((hydra.get("hydra") or {}).get("runtime") or {}).get("choices") or {}
     curves = metrics.get("curves")
-    return Job(
+    read = Job(
         path=job,
         overrides=[str(o) for o in overrides],
         values={key: metrics.get(key) for _, key in COLUMNS},
@@ -141,6 +150,18 @@ def read_job(job: Path) -> Job:
         curves=curves if isinstance(curves, dict) else None,
         ran=_read_json(job / "settings.json"),
     )
+    read.judged = judged_scores(metrics, read.own_judge)
+    return read
+
+
+def judged_scores(metrics: dict, own_judge: str) -> dict[str, dict[str, float | None]]:
+    """Each judge's HS before and after the attack: the job's own (plain keys), then ``<key>@<name>``."""
+    judged = {own_judge: {key: metrics.get(key) for key in HS_KEYS}} if metrics else {}
+    for name, value in metrics.items():
+        key, at, judge = str(name).partition("@")
+        if at and key in HS_KEYS:
+            judged.setdefault(judge, dict.fromkeys(HS_KEYS))[key] = value
+    return judged
 
 
 def shared_overrides(keys: list) -> list[str]:
