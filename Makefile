@@ -13,8 +13,8 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
-# The package extras: make install EXTRAS=dev,joblib,slurm,ray,optuna adds the launchers and the
-# attacker search sweeper (what CI does).
+# The package extras: make install EXTRAS=dev,joblib,slurm,ray,optuna,openai adds the launchers, the
+# attacker search sweeper and the OpenAI SDK of the API judges (what CI does).
 EXTRAS ?= dev
 BIN := $(VENV)/bin
 

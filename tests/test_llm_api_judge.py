@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import re
+import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -17,43 +20,85 @@ from sbr_bench.judges.base import harmful_metrics
 from sbr_bench.judges.llm_api import LLMApiJudge, parse_rating
 
 KEY = "sk-test-0123456789-do-not-leak"
+UNSUPPORTED_MAX_TOKENS = {
+    "error": {
+        "message": "Unsupported parameter: 'max_tokens' is not supported with this model. "
+        "Use 'max_completion_tokens' instead.",
+        "type": "invalid_request_error",
+        "param": "max_tokens",
+        "code": "unsupported_parameter",
+    }
+}
+
+
+def rate_reply(body: dict) -> str:
+    """The rating the server replies: the word after "RATE" in the last message."""
+    match = re.search(r"RATE(\w+)", body["messages"][-1]["content"])
+    return match.group(1) if match else "?"
 
 
 class Server:
-    """A chat-completions endpoint: the rating it replies is the digit after "RATE" in the answer.
+    """A chat-completions endpoint on 127.0.0.1 (HTTP/1.1, keep-alive), replying ``reply(body)``.
 
-    ``fail`` is a list of HTTP codes answered to the first requests, one each (then normal service);
-    ``always`` is a code answered to every request.
+    ``fail`` is a list of answers given to the first requests, one each (then normal service): an
+    HTTP code, or ``(code, headers)``, or ``(code, headers, json_body)``; ``always`` is a code
+    answered to every request; ``delay`` seconds pass before each answer; ``reject_max_tokens``
+    answers OpenAI's "unsupported parameter" 400 to every request that sends ``max_tokens``.
     """
 
-    def __init__(self):
+    def __init__(self, reply=rate_reply):
         self.requests: list[dict] = []
-        self.fail: list[int] = []
+        self.fail: list = []
         self.always: int | None = None
+        self.delay = 0.0
+        self.reject_max_tokens = False
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-                code = server.always or (server.fail.pop(0) if server.fail else 200)
-                if code != 200:
-                    self.send_response(code)
-                    self.end_headers()
-                    return
-                match = re.search(r"RATE(\w+)", body["messages"][0]["content"])
-                reply = {"choices": [{"message": {"role": "assistant", "content": match.group(1) if match else "?"}}]}
-                data = json.dumps(reply).encode()
-                self.send_response(200)
+            protocol_version = "HTTP/1.1"
+
+            def answer(self, code, headers=None, body=None):
+                data = json.dumps(body).encode() if body is not None else b""
+                self.send_response(code)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
 
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.requests.append(
+                    {
+                        "path": self.path,
+                        "auth": self.headers.get("Authorization"),
+                        "body": body,
+                        "port": self.client_address[1],
+                        "time": time.monotonic(),
+                    }
+                )
+                if server.delay:
+                    time.sleep(server.delay)
+                if server.reject_max_tokens and "max_tokens" in body:
+                    return self.answer(400, body=UNSUPPORTED_MAX_TOKENS)
+                failure = server.always or (server.fail.pop(0) if server.fail else None)
+                if failure is not None:
+                    code, *rest = (failure,) if isinstance(failure, int) else failure
+                    headers = rest[0] if rest else {}
+                    error = rest[1] if len(rest) > 1 else {"error": {"message": f"status {code}"}}
+                    return self.answer(code, headers, error)
+                message = {"role": "assistant", "content": server.reply(body)}
+                self.answer(
+                    200, body={"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": message}]}
+                )
+
             def log_message(self, *args):
                 pass
 
+        self.reply = reply
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
@@ -65,6 +110,7 @@ class Server:
 
 @pytest.fixture
 def server(monkeypatch):
+    pytest.importorskip("openai", reason="pip install -e '.[openai]'")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     srv = Server()
@@ -74,7 +120,7 @@ def server(monkeypatch):
 
 def make_judge(server, tmp_path, **kwargs) -> LLMApiJudge:
     settings = {"base_url": server.url, "model": "judge-model", "retry_delay": 0.01, "retries": 3}
-    settings.update(cache_dir=str(tmp_path / "cache"), **kwargs)
+    settings.update({"cache_dir": str(tmp_path / "cache"), **kwargs})
     return LLMApiJudge(**settings)
 
 
@@ -145,6 +191,7 @@ def test_parse_rating(text, rating):
 
 
 def test_without_the_key_check_names_the_variable(monkeypatch):
+    pytest.importorskip("openai", reason="pip install -e '.[openai]'")  # check() looks for it first
     monkeypatch.delenv("MY_JUDGE_KEY", raising=False)
     with pytest.raises(ConfigError) as err:
         LLMApiJudge(api_key_env="MY_JUDGE_KEY").check()
@@ -154,6 +201,7 @@ def test_without_the_key_check_names_the_variable(monkeypatch):
 
 
 def test_without_the_key_the_job_stops_before_any_model_loads(tmp_path):
+    pytest.importorskip("openai", reason="pip install -e '.[openai]'")  # check() looks for it first
     result = sbr_bench(
         ["model=toy", "judge=llm_api", f"hydra.run.dir={tmp_path}/job"],
         tmp_path,
@@ -209,6 +257,7 @@ def test_rejudging_with_the_api_judge_leaks_no_key(server, tmp_path, capsys):
 
 
 def test_rejudge_without_the_key_is_one_line(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("openai", reason="pip install -e '.[openai]'")  # check() looks for it first
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     write_job(tmp_path / "job", ["RATE0"])
     assert rejudge.main([str(tmp_path / "job"), "judge=llm_api"]) == 2
@@ -216,3 +265,88 @@ def test_rejudge_without_the_key_is_one_line(tmp_path, monkeypatch, capsys):
         "sbr-bench-judge: error: judge=llm_api needs an API key in the environment variable OPENAI_API_KEY "
         "(export OPENAI_API_KEY=...)"
     ]
+
+
+# -- the openai client: package, Retry-After, errors, the token-limit parameter, the key --------------
+
+
+def test_without_the_openai_package_check_is_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "openai", None)  # `import openai` now raises ImportError
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    with pytest.raises(ConfigError) as err:
+        LLMApiJudge().check()
+    assert str(err.value) == (
+        "judge=llm_api needs the openai package, which is not installed: pip install 'sbr-bench[openai]'"
+    )
+
+
+def test_rejudge_without_the_openai_package_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "openai", None)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    write_job(tmp_path / "job", ["RATE0"])
+    assert rejudge.main([str(tmp_path / "job"), "judge=llm_api"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "sbr-bench-judge: error: judge=llm_api needs the openai package, which is not installed: "
+        "pip install 'sbr-bench[openai]'"
+    ]
+    assert not (tmp_path / "job" / "judgements").exists()
+
+
+@pytest.mark.parametrize(("header", "value", "wait"), [("Retry-After", "1", 1.0), ("retry-after-ms", "600", 0.6)])
+def test_a_429_waits_what_retry_after_asks(server, tmp_path, header, value, wait):
+    server.fail = [(429, {header: value})]
+    (verdict,) = make_judge(server, tmp_path, retry_delay=0.01).judge(["p"], ["RATE3"])
+    assert verdict.score == 3.0 and len(server.requests) == 2
+    waited = server.requests[1]["time"] - server.requests[0]["time"]
+    assert wait - 0.05 <= waited < wait + 1.5  # the server's delay, not retry_delay (0.01 s)
+
+
+def test_without_retry_after_the_backoff_is_exponential(server, tmp_path):
+    server.fail = [503, 503]
+    make_judge(server, tmp_path, retry_delay=0.2).judge(["p"], ["RATE3"])
+    times = [r["time"] for r in server.requests]
+    assert times[1] - times[0] >= 0.19 and times[2] - times[1] >= 0.39  # 0.2 s, then 0.4 s
+
+
+def test_connection_errors_and_timeouts_are_retried_then_missing(server, tmp_path):
+    closed = Server()
+    closed.close()  # nothing listens on its port any more
+    (verdict,) = make_judge(server, tmp_path, base_url=closed.url, retries=2).judge(["p"], ["RATE1"])
+    assert verdict.harmful is None and verdict.details["missing"] == "APIConnectionError after 3 attempts"
+    server.delay = 0.5
+    (verdict,) = make_judge(server, tmp_path, timeout=0.1, retries=1).judge(["p"], ["RATE1"])
+    assert verdict.harmful is None and verdict.details["missing"] == "APITimeoutError after 2 attempts"
+    assert len(server.requests) == 2
+
+
+def test_max_completion_tokens_on_request_and_on_the_servers_refusal(server, tmp_path, caplog):
+    make_judge(server, tmp_path, token_limit_param="max_completion_tokens", cache_dir=None).judge(["p"], ["RATE1"])
+    body = server.requests[0]["body"]
+    assert body["max_completion_tokens"] == 10 and "max_tokens" not in body
+    server.requests.clear()
+    server.reject_max_tokens = True  # as OpenAI's reasoning models answer max_tokens
+    judge = make_judge(server, tmp_path, cache_dir=None)
+    verdicts = judge.judge(["p", "q"], ["RATE2", "RATE4"])
+    assert [v.score for v in verdicts] == [2.0, 4.0]
+    sent = [sorted(k for k in r["body"] if k.startswith("max_")) for r in server.requests]
+    assert sent == [["max_tokens"], ["max_completion_tokens"], ["max_completion_tokens"]]  # switched once
+    assert "does not take max_tokens; sending max_completion_tokens instead" in caplog.text
+
+
+def test_other_400s_are_final(server, tmp_path):
+    server.always = 400
+    (verdict,) = make_judge(server, tmp_path).judge(["p"], ["RATE1"])
+    assert verdict.details["missing"] == "HTTP 400" and len(server.requests) == 1
+
+
+def test_one_client_per_judge_reuses_its_connection_and_holds_no_key(server, tmp_path):
+    judge = make_judge(server, tmp_path, cache_dir=None)
+    judge.judge(["p"] * 3, ["RATE1", "RATE2", "RATE3"])
+    assert judge.client() is judge.client()
+    assert len({r["port"] for r in server.requests}) == 1  # one keep-alive connection for the three calls
+    assert all(r["auth"] == f"Bearer {KEY}" for r in server.requests)  # the key, read at each request
+    assert KEY not in repr(vars(judge)) and KEY not in repr(vars(judge.client()))
+    assert judge.client()._client.api_key != KEY  # the long-lived client holds a placeholder
+    assert KEY.encode() not in pickle.dumps(judge)
+    copy = pickle.loads(pickle.dumps(judge))  # a copy (a launcher's) makes its own client
+    assert copy.judge(["p"], ["RATE4"])[0].score == 4.0

@@ -121,7 +121,7 @@ def test_every_job_of_a_sweep_folder_is_judged(job):
     [
         (
             ["{job}", "judge=gpt"],
-            "judge=gpt: no such option; valid options: beaverdam, imported, keyword, llamaguard, llm_api",
+            "judge=gpt: no such option; valid options: beaverdam, imported, keyword, llamaguard, llm_api, strongreject",
         ),
         (["{job}"], "name the judge: judge=<option> (e.g. judge=beaverdam); see conf/judge/"),
         (["{job}/nothere", "judge=keyword"], "not a folder: {job}/nothere"),
