@@ -60,8 +60,9 @@ class BeaverDamJudge(ModelJudge):
         batch_size: PositiveInt = 16,
         device: NonEmptyStr = "auto",
         dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto",
+        keep_loaded: bool = False,
     ):
-        super().__init__(model, name, batch_size, device, dtype)
+        super().__init__(model, name, batch_size, device, dtype, keep_loaded)
         self.max_length = max_length
         self.threshold = threshold
 
@@ -105,9 +106,7 @@ class BeaverDamJudge(ModelJudge):
                 rows[i] = row
         return torch.stack([rows[i] for i in range(len(texts))]) if texts else torch.empty(0)
 
-    def judge(self, prompts: Sequence[str], responses: Sequence[str]) -> list[Verdict]:
-        if not responses:
-            return []
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[Verdict]:
         probs = self.probabilities(self.texts(prompts, responses))
         labels = self.category_names(probs.shape[1])
         verdicts = []

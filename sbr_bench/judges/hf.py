@@ -6,12 +6,14 @@ pointed at a folder that does not exist, or at a GPU this machine does not have,
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from sbr_bench.errors import ConfigError
-from sbr_bench.judges.base import Judge
+from sbr_bench.judges.base import Judge, Verdict
 from sbr_bench.schema import looks_like_path
 
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -50,19 +52,46 @@ class ModelJudge(Judge):
     """A judge that is a transformers model: where it comes from, where it runs, loaded on first use.
 
     Subclasses set ``option`` (the conf/judge file's name, for error lines) and implement ``load``
-    (filling ``_model`` / ``_tokenizer`` once) and ``judge``.
+    (filling ``_model`` / ``_tokenizer`` once) and ``score`` (the verdicts of one pass).
+
+    The weights are held for one pass only: ``judge()`` loads them, scores, and releases them, so a
+    7-8B judge does not sit in GPU memory while the model under test trains (HarmBench and
+    TamperBench keep generation and classification apart likewise). The price is one load per
+    evaluation pass (two per job, more with ``eval.during_attack``); ``keep_loaded=True`` keeps them.
     """
 
     option = "model"
 
-    def __init__(self, model: str, name: str, batch_size: int, device: str, dtype: str):
+    def __init__(self, model: str, name: str, batch_size: int, device: str, dtype: str, keep_loaded: bool = False):
         self.model_source = model
         self.name = name
         self.batch_size = batch_size
         self.device = device
         self.dtype = dtype
+        self.keep_loaded = keep_loaded
         self._model = None
         self._tokenizer = None
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[Verdict]:
+        raise NotImplementedError
+
+    def judge(self, prompts: Sequence[str], responses: Sequence[str]) -> list[Verdict]:
+        """The verdicts of one pass; the weights are released after it unless ``keep_loaded``."""
+        try:
+            return self.score(prompts, responses) if responses else []
+        finally:
+            if not self.keep_loaded:
+                self.release()
+
+    def release(self) -> None:
+        """Drop the weights (and the tokenizer); the next pass loads them again."""
+        if self._model is None:
+            return
+        on_cuda = any(p.is_cuda for p in self._model.parameters())
+        self._model = self._tokenizer = None
+        gc.collect()
+        if on_cuda:
+            torch.cuda.empty_cache()
 
     def check(self) -> None:
         check_model_settings(self.option, self.model_source, self.device)

@@ -63,8 +63,9 @@ class LlamaGuardJudge(ModelJudge):
         batch_size: PositiveInt = 8,
         device: NonEmptyStr = "auto",
         dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto",
+        keep_loaded: bool = False,
     ):
-        super().__init__(model, name, batch_size, device, dtype)
+        super().__init__(model, name, batch_size, device, dtype, keep_loaded)
         self.max_new_tokens = max_new_tokens
 
     def load(self):
@@ -116,5 +117,5 @@ class LlamaGuardJudge(ModelJudge):
                 texts[i] = tokenizer.decode(out[j, width:], skip_special_tokens=True)
         return texts
 
-    def judge(self, prompts: Sequence[str], responses: Sequence[str]) -> list[Verdict]:
-        return [parse_output(text) for text in self.outputs(prompts, responses)] if responses else []
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[Verdict]:
+        return [parse_output(text) for text in self.outputs(prompts, responses)]
