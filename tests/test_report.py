@@ -252,7 +252,7 @@ def test_a_plot_whose_axis_does_not_vary_is_skipped_with_the_override_to_sweep(t
     ) in err
     assert any("hs_vs_lambda.png skipped:" in line and "defense.lam=0,5,50" in line for line in err)
     assert any("hs_vs_epoch.png skipped:" in line and "eval.during_attack.every=1" in line for line in err)
-    assert sorted(p.name for p in (sweep / "plots").iterdir()) == ["hs_vs_fa.png"]
+    assert sorted(p.name for p in (sweep / "plots").iterdir()) == ["hs_vs_fa.pdf", "hs_vs_fa.png"]
     assert "- hs_vs_poison_ratio.png: skipped: no defense was run" in (sweep / "report.md").read_text()
 
 

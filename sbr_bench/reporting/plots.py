@@ -1,4 +1,8 @@
-"""The report's four plots (PNG, matplotlib's Agg backend, imported only when a plot is drawn).
+"""The report's four plots, each as PNG (embedded in report.md) and PDF (vector, for papers).
+
+Drawn with matplotlib's object API (``matplotlib.figure.Figure``, imported only when a plot is
+drawn): no pyplot, no global backend switched, so a notebook that calls the report keeps its own.
+A defense has one colour in every plot and every report (``defense_colour``).
 
 - ``hs_vs_poison_ratio.png``: HS after vs ``attack.poison_ratio``, a line per defense (and per
   value of any other swept setting), 95 % CI error bars: the x-axis of the HFT papers' poison-ratio
@@ -35,13 +39,38 @@ class Skip(Exception):  # not an error: the plot has nothing to show
     """The plot is not drawn; the message says why and how to get it."""
 
 
-def _pyplot():
-    import matplotlib
+PALETTE = (  # matplotlib's tab10 without its grey, which is kept for defense=none
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf",
+)  # fmt: skip
+NONE_COLOUR = "#7f7f7f"
 
-    matplotlib.use("Agg")  # files only, never a window (and no display on a cluster node)
-    import matplotlib.pyplot as plt
 
-    return plt
+def defense_options() -> list[str]:
+    """The defense options (``conf/defense/*.yaml``), sorted: the fixed order the colours follow."""
+    from sbr_bench import CONF_DIR
+
+    return sorted(p.stem for p in (Path(CONF_DIR) / "defense").glob("*.yaml"))
+
+
+def defense_colour(defense: str) -> str:
+    """The same colour for a defense in every plot: ``none`` grey, an option by its place among the
+    sorted options, anything else (a stack ``vaccine+sbr``, an outside defense) by a hash of its name."""
+    if defense == "none":
+        return NONE_COLOUR
+    options = [o for o in defense_options() if o != "none"]
+    if defense in options:
+        return PALETTE[options.index(defense) % len(PALETTE)]
+    import hashlib
+
+    return PALETTE[int(hashlib.sha256(defense.encode()).hexdigest(), 16) % len(PALETTE)]
+
+
+def _figure(figsize=(6, 4)):
+    """A figure and its axes, outside pyplot (no backend state, nothing to close)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots()
 
 
 def _err(summary) -> float:
@@ -84,18 +113,25 @@ def _varies(lines: dict[str, list[tuple[float, Setting]]]) -> bool:
 
 
 def _save(fig, path: Path) -> Path:
+    """``path`` (PNG) and the same plot as PDF beside it."""
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    _pyplot().close(fig)
+    fig.savefig(path.with_suffix(".pdf"))
     return path
 
 
 def _line_plot(lines, ax, **scale) -> None:
+    per_defense: dict[str, int] = defaultdict(int)  # several lines of one defense: one colour, other markers
     for label, points in lines.items():
+        defense = points[0][1].defense
         xs = [x for x, _ in points]
         ys = [row.mean(HS) for _, row in points]
         errors = [_err(row.summaries[HS]) for _, row in points]
-        ax.errorbar(xs, ys, yerr=_bounded(ys, errors), marker="o", capsize=3, label=label)
+        marker = MARKERS[per_defense[defense] % len(MARKERS)]
+        per_defense[defense] += 1
+        ax.errorbar(
+            xs, ys, yerr=_bounded(ys, errors), marker=marker, capsize=3, label=label, color=defense_colour(defense)
+        )
 
 
 def hs_vs_poison_ratio(rows: list[Setting], path: Path) -> Path:
@@ -104,7 +140,7 @@ def hs_vs_poison_ratio(rows: list[Setting], path: Path) -> Path:
         raise Skip(
             "no defense was run at more than one attack.poison_ratio; sweep it, e.g. attack.poison_ratio=0.05,0.1,0.2"
         )
-    fig, ax = _pyplot().subplots(figsize=(6, 4))
+    fig, ax = _figure()
     _line_plot(lines, ax)
     ax.set(
         xlabel="poison ratio p (attack.poison_ratio)",
@@ -122,7 +158,7 @@ def hs_vs_lambda(rows: list[Setting], path: Path) -> Path:
         raise Skip(
             "no defense with a lam was run at more than one defense.lam; sweep it, e.g. defense=sbr defense.lam=0,5,50"
         )
-    fig, ax = _pyplot().subplots(figsize=(6, 4))
+    fig, ax = _figure()
     _line_plot(lines, ax)
     references = [r for r in rows if r.defense == "none" and finite(r.mean(HS))]
     common = _common(references)
@@ -165,11 +201,11 @@ def hs_vs_epoch(rows: list[Setting], path: Path) -> Path:
     if not curves:
         raise Skip("no job recorded a harmful-score curve over the attack; record one with eval.during_attack.every=1")
     common = _common([row for row, _ in curves])
-    fig, ax = _pyplot().subplots(figsize=(6, 4))
+    fig, ax = _figure()
     for row, points in curves:
         epochs, means, errors = zip(*points, strict=True)
         label = f"{row.defense} {' '.join(o for o in row.key if o not in common)}".strip()
-        (line,) = ax.plot(epochs, means, marker="o", markersize=3, label=label)
+        (line,) = ax.plot(epochs, means, marker="o", markersize=3, label=label, color=defense_colour(row.defense))
         low = [max(m - e, 0) for m, e in zip(means, errors, strict=True)]  # a percentage: cut at 0 and 100
         high = [min(m + e, 100) for m, e in zip(means, errors, strict=True)]
         ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
@@ -186,7 +222,7 @@ def hs_vs_fa(rows: list[Setting], path: Path) -> Path:
         )
     common = _common(points)
     defenses = list(dict.fromkeys(r.defense for r in points))
-    fig, ax = _pyplot().subplots(figsize=(6, 4))
+    fig, ax = _figure()
     for i, defense in enumerate(defenses):
         mine = [r for r in points if r.defense == defense]
         ax.errorbar(
@@ -195,7 +231,7 @@ def hs_vs_fa(rows: list[Setting], path: Path) -> Path:
             xerr=_bounded([r.mean(FA) for r in mine], [_err(r.summaries[FA]) for r in mine]),
             yerr=_bounded([r.mean(HS) for r in mine], [_err(r.summaries[HS]) for r in mine]),
             fmt=MARKERS[i % len(MARKERS)],
-            color=f"C{i % 10}",
+            color=defense_colour(defense),
             capsize=3,
             label=defense,
         )
@@ -226,7 +262,7 @@ def draw(rows: list[Setting], folder: Path, say: Callable[[str], None]) -> dict[
     if not rows:
         return {name: "skipped: no job finished" for name in PLOTS}
     try:
-        _pyplot()
+        import matplotlib.figure  # noqa: F401
     except ImportError:
         message = "plots skipped: matplotlib is not installed; pip install 'matplotlib>=3.8'"
         say(message)
@@ -242,6 +278,4 @@ def draw(rows: list[Setting], folder: Path, say: Callable[[str], None]) -> dict[
         except Exception as err:  # a plotting bug must not lose the sweep's results
             outcome[name] = f"failed: {type(err).__name__}: {err}"
             say(f"{name} failed: {type(err).__name__}: {err}".splitlines()[0])
-        finally:
-            _pyplot().close("all")  # a failing plot may leave its figure open
     return outcome

@@ -231,13 +231,13 @@ def _plain(value: float | None) -> str:
 def plot_budget(rows: list[WorstCase], path: Path) -> Path:
     """HS after the attack against the number of trials run: each trial a point (filled: kept the floor,
     hollow: did not), the worst case so far a step line, the default attack a dashed line; a colour per row."""
-    from sbr_bench.reporting.plots import Skip, _pyplot, _save
+    from sbr_bench.reporting.plots import Skip, _figure, _save, defense_colour
 
     if not any(row.feasible for row in rows):
         raise Skip("no trial kept the utility floor; lower search.utility_floor or widen the search space")
-    fig, ax = _pyplot().subplots(figsize=(7, 4))
-    for i, row in enumerate(rows):
-        colour = f"C{i % 10}"
+    fig, ax = _figure(figsize=(7, 4))
+    for row in rows:
+        colour = defense_colour(row.defense)
         label = " ".join([row.defense, *row.setting])
         steps, best = [], None
         for n, job in enumerate(row.jobs, start=1):
