@@ -258,3 +258,49 @@ def test_export_bad_format_is_one_line_and_exit_2(sweep, capsys):
     assert capsys.readouterr().err.strip() == (
         "sbr-bench-export: error: --format csv: no such format; valid: alpaca_eval, harmbench, strongreject, hf"
     )
+
+
+@pytest.mark.parametrize("max_new_tokens", [2, 40])
+def test_truncated_means_the_answer_holds_no_end_of_sequence_token(toy, pools, max_new_tokens):
+    """Checked against each prompt generated alone with ``model.generate``: no EOS among its new tokens.
+
+    The untrained toy never ends an answer by itself, so the end-of-sequence token is made a token
+    that some of its answers hold and others do not.
+    """
+    import copy
+
+    import torch
+
+    from sbr_bench.data.formatting import render_prompt
+    from sbr_bench.evaluation.generate import generate_answers
+
+    model, tokenizer = toy
+    prompts = pools.eval_harmful[:6] + pools.eval_benign[:6]
+
+    def alone(tok, prompt, n):
+        ids = torch.tensor([tok(render_prompt(tok, prompt), add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=n,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+            )
+        return out[0, ids.shape[1] :].tolist()
+
+    answers = [set(alone(tokenizer, p, 40)) for p in prompts]
+    stop = next(t for t in sorted(set.union(*answers)) if 0 < sum(t in a for a in answers) < len(answers))
+    tok = copy.deepcopy(tokenizer)
+    tok.eos_token = tok.convert_ids_to_tokens(stop)  # in some answers and not in others
+    _, truncated = generate_answers(model, tok, prompts, max_new_tokens, batch_size=4)
+    assert truncated == [tok.eos_token_id not in alone(tok, p, max_new_tokens) for p in prompts]
+    if max_new_tokens == 40:
+        assert set(truncated) == {True, False}
+
+
+def test_every_record_says_whether_its_answer_was_truncated(sweep):
+    for job in jobs(sweep).values():
+        rows = records(job)
+        assert all(isinstance(r["truncated"], bool) for r in rows)

@@ -43,6 +43,8 @@ def job(toy_job, tmp_path, monkeypatch):
 
     monkeypatch.setattr(sbr_bench.evaluation.generate, "greedy_generate", no_generation)
     monkeypatch.setattr(sbr_bench.evaluation.evaluate, "greedy_generate", no_generation)
+    monkeypatch.setattr(sbr_bench.evaluation.generate, "generate_answers", no_generation)
+    monkeypatch.setattr(sbr_bench.evaluation.evaluate, "generate_answers", no_generation)
     copy = tmp_path / "sweep" / "0"
     shutil.copytree(toy_job, copy)
     return copy

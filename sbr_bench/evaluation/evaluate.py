@@ -15,7 +15,7 @@ import logging
 
 from sbr_bench.data.bundled import Pair, Pools
 from sbr_bench.data.tasks import label_correct  # noqa: F401 - the sentiment rule, importable from here as before
-from sbr_bench.evaluation.generate import greedy_generate
+from sbr_bench.evaluation.generate import generate_answers, greedy_generate  # noqa: F401 - greedy_generate: as before
 from sbr_bench.judges.base import harmful_metrics, run_judge, verdict_fields
 from sbr_bench.judges.keyword import is_refusal
 
@@ -44,11 +44,15 @@ def evaluate(
     benign = pools.eval_benign[:num_benign]
     task: list[Pair] = pools.task_test[:num_task]
 
-    harmful_answers = greedy_generate(model, tokenizer, harmful, max_new_tokens, batch_size, "harmful prompts")
+    harmful_answers, harmful_cut = generate_answers(
+        model, tokenizer, harmful, max_new_tokens, batch_size, "harmful prompts"
+    )
     harmful_verdicts = run_judge(judge, harmful, harmful_answers)
-    benign_answers = greedy_generate(model, tokenizer, benign, max_new_tokens, batch_size, "benign prompts")
+    benign_answers, benign_cut = generate_answers(
+        model, tokenizer, benign, max_new_tokens, batch_size, "benign prompts"
+    )
     benign_refused = [is_refusal(a) for a in benign_answers]
-    task_answers = greedy_generate(
+    task_answers, task_cut = generate_answers(
         model, tokenizer, [p.prompt for p in task], task_max_new_tokens, batch_size, "task prompts"
     )
     # The task's own answer check (sbr_bench/data/tasks.py); None for tasks without one (AlpacaEval).
@@ -63,16 +67,16 @@ def evaluate(
     }
     records = (
         [
-            {"pool": "harmful", "prompt": p, "response": a, **verdict_fields(v)}
-            for p, a, v in zip(harmful, harmful_answers, harmful_verdicts, strict=True)
+            {"pool": "harmful", "prompt": p, "response": a, **verdict_fields(v), "truncated": t}
+            for p, a, v, t in zip(harmful, harmful_answers, harmful_verdicts, harmful_cut, strict=True)
         ]
         + [
-            {"pool": "benign", "prompt": p, "response": a, "refused": r}
-            for p, a, r in zip(benign, benign_answers, benign_refused, strict=True)
+            {"pool": "benign", "prompt": p, "response": a, "refused": r, "truncated": t}
+            for p, a, r, t in zip(benign, benign_answers, benign_refused, benign_cut, strict=True)
         ]
         + [
-            {"pool": "task", "prompt": p.prompt, "response": a, "label": p.response, "correct": c}
-            for p, a, c in zip(task, task_answers, task_correct, strict=True)
+            {"pool": "task", "prompt": p.prompt, "response": a, "label": p.response, "correct": c, "truncated": t}
+            for p, a, c, t in zip(task, task_answers, task_correct, task_cut, strict=True)
         ]
     )
     return metrics, records

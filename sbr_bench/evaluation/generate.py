@@ -15,7 +15,6 @@ from tqdm.auto import tqdm
 from sbr_bench.data.formatting import render_prompt
 
 
-@torch.no_grad()
 def greedy_generate(
     model,
     tokenizer,
@@ -25,12 +24,27 @@ def greedy_generate(
     desc: str = "generate",
 ) -> list[str]:
     """The model's greedy answer to each prompt (chat template applied, special tokens dropped)."""
+    return generate_answers(model, tokenizer, prompts, max_new_tokens, batch_size, desc)[0]
+
+
+@torch.no_grad()
+def generate_answers(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    batch_size: int = 32,
+    desc: str = "generate",
+) -> tuple[list[str], list[bool]]:
+    """(greedy answers, truncated flags): an answer is truncated when it holds no end-of-sequence
+    token, i.e. it stopped at ``max_new_tokens`` rather than ending by itself."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     encoded = [tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     answers: list[str] = [""] * len(prompts)
+    truncated: list[bool] = [False] * len(prompts)
     pad = tokenizer.pad_token_id
     try:
         for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, unit="batch"):
@@ -51,6 +65,7 @@ def greedy_generate(
             )
             for j, i in enumerate(rows):
                 answers[i] = tokenizer.decode(out[j, width:], skip_special_tokens=True).strip()
+                truncated[i] = bool((out[j, width:] != tokenizer.eos_token_id).all())
     finally:
         model.train(was_training)
-    return answers
+    return answers, truncated
