@@ -30,7 +30,10 @@ SWEEP_SPACES = {
 NOT_BY_NAME = {*SPECIALISING, *SWEEP_SPACES}
 OPTIONS = [(g, p.stem) for g in GROUPS if g not in NOT_BY_NAME for p in sorted((CONF_DIR / g).glob("*.yaml"))]
 # Options that need another choice to run on the toy model (whose alignment is a full fine-tuning).
-NEEDS = {("adapter", "continue"): ["align=sft"]}
+NEEDS = {
+    ("adapter", "continue"): ["align=sft"],
+    ("judge", "imported"): [f"judge.path={__file__}"],  # a file that exists (its verdicts are read at check())
+}
 
 
 def test_every_group_has_options():
