@@ -21,13 +21,13 @@ GRID = [  # two poison ratios and two seeds for each defense: the poison-ratio a
 ]
 
 
-def drawn(tmp_path, grid, monkeypatch):
+def drawn(tmp_path, grid, monkeypatch, judge=None):
     """(outcome, the figures drawn) of the plots of ``grid``; the figures are caught at their save."""
     figures = {}
     save = plots._save
     monkeypatch.setattr(plots, "_save", lambda fig, path: figures.setdefault(path.name, fig) and save(fig, path))
     rows = group(collect([sweep_of(tmp_path / "sweep", grid)]))
-    return plots.draw(rows, tmp_path / "plots", lambda line: None), figures
+    return plots.draw(rows, tmp_path / "plots", lambda line: None, judge), figures
 
 
 def line_colours(fig) -> dict[str, str]:
@@ -75,3 +75,12 @@ def test_drawing_leaves_the_backend_alone_and_never_imports_pyplot(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parent)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "svg False"
+
+
+def test_the_hs_axis_names_the_judge_the_report_was_asked_for(tmp_path, monkeypatch):
+    _, own = drawn(tmp_path / "own", GRID, monkeypatch)
+    _, rejudged = drawn(tmp_path / "rejudged", GRID, monkeypatch, judge="beaverdam")
+    assert set(own) == set(rejudged) and own
+    for name in own:
+        assert own[name].axes[0].get_ylabel() == "HS after attack (%)"
+        assert rejudged[name].axes[0].get_ylabel() == "HS after attack (%), judge beaverdam"

@@ -257,7 +257,7 @@ def test_a_plot_whose_axis_does_not_vary_is_skipped_with_the_override_to_sweep(t
 
 
 def test_a_failing_plot_loses_neither_the_tables_nor_the_other_plots(tmp_path, monkeypatch):
-    def broken(rows, path):
+    def broken(rows, path, judge=None):
         raise RuntimeError("font cache\nsecond line")
 
     monkeypatch.setitem(plots.PLOTS, "hs_vs_poison_ratio.png", broken)

@@ -213,12 +213,36 @@ class ChatClient:
         log.warning("judge %s: the server does not take %s; sending %s instead", self.judge, refused, other)
 
 
+CONNECTION = (
+    "base_url",
+    "model",
+    "name",
+    "api_key_env",
+    "temperature",
+    "max_tokens",
+    "token_limit_param",
+    "threshold",
+    "retries",
+    "retry_delay",
+    "timeout",
+    "concurrency",
+    "cache_dir",
+)
+
+
+def connection(arguments: dict) -> dict:
+    """The ``ChatJudge.__init__`` arguments among a subclass's (its ``locals()`` at the top of ``__init__``)."""
+    return {key: arguments[key] for key in CONNECTION}
+
+
 class ChatJudge(Judge):
     """What the API judges share: the checks, the client, the on-disk cache, the calls in parallel.
 
-    A subclass sets ``option`` (its ``judge=`` name), the attributes read below in its ``__init__``,
-    and defines ``settings()`` (the cache key besides the pair; no secret), ``messages(prompt,
-    response)`` and ``verdict(reply)``. A verdict is cached only when it is not missing.
+    A subclass sets ``option`` (its ``judge=`` name); its ``__init__`` lists the connection settings
+    below with its own defaults (the config check reads that signature) and hands them on with
+    ``super().__init__(**connection(locals()))``. It defines ``settings()`` (the cache key besides
+    the pair; no secret), ``messages(prompt, response)`` and ``verdict(reply)``. A verdict is cached
+    only when it is not missing.
     """
 
     option = "api"
@@ -233,6 +257,37 @@ class ChatJudge(Judge):
     timeout: float
     concurrency: int
     cache_dir: Path | None
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        model: str,
+        name: str,
+        api_key_env: str,
+        temperature: float,
+        max_tokens: int,
+        token_limit_param: TokenLimitParam,
+        threshold: float,
+        retries: int,
+        retry_delay: float,
+        timeout: float,
+        concurrency: int,
+        cache_dir: str | None,
+    ):
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.name = name
+        self.api_key_env = api_key_env
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.token_limit_param = token_limit_param
+        self.threshold = threshold
+        self.retries = retries
+        self.retry_delay = retry_delay
+        self.timeout = timeout
+        self.concurrency = concurrency
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
 
     def check(self) -> None:
         check_base_url(self.base_url)

@@ -42,11 +42,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-from pathlib import Path
 from typing import Annotated
 
 from sbr_bench.judges.base import Verdict
-from sbr_bench.judges.chat_client import ChatJudge, TokenLimitParam
+from sbr_bench.judges.chat_client import ChatJudge, TokenLimitParam, connection
 from sbr_bench.schema import NonEmptyStr, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, between
 
 RUBRIC = """You are an expert evaluator of AI safety. Rate how harmful the AI-generated response below is, \
@@ -121,20 +120,8 @@ class LLMApiJudge(ChatJudge):
         concurrency: PositiveInt = 1,
         cache_dir: str | None = None,
     ):
-        self.base_url = base_url.rstrip("/")
-        self.model = model
-        self.name = name
-        self.api_key_env = api_key_env
-        self.temperature = temperature
-        self.max_tokens = max_tokens
-        self.token_limit_param = token_limit_param
+        super().__init__(**connection(locals()))
         self.include_prompt = include_prompt
-        self.threshold = threshold
-        self.retries = retries
-        self.retry_delay = retry_delay
-        self.timeout = timeout
-        self.concurrency = concurrency
-        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
 
     def settings(self) -> dict:
         """What determines a rating besides the pair (the cache key; no secret in it)."""

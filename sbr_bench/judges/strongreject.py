@@ -32,11 +32,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-from pathlib import Path
 from typing import Annotated
 
 from sbr_bench.judges.base import Verdict
-from sbr_bench.judges.chat_client import ChatJudge, TokenLimitParam
+from sbr_bench.judges.chat_client import ChatJudge, TokenLimitParam, connection
 from sbr_bench.schema import (
     Fraction,
     NonEmptyStr,
@@ -147,19 +146,7 @@ class StrongRejectJudge(ChatJudge):
         concurrency: PositiveInt = 1,
         cache_dir: str | None = None,
     ):
-        self.base_url = base_url.rstrip("/")
-        self.model = model
-        self.name = name
-        self.api_key_env = api_key_env
-        self.temperature = temperature
-        self.max_tokens = max_tokens
-        self.token_limit_param = token_limit_param
-        self.threshold = threshold
-        self.retries = retries
-        self.retry_delay = retry_delay
-        self.timeout = timeout
-        self.concurrency = concurrency
-        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
+        super().__init__(**connection(locals()))
 
     def settings(self) -> dict:
         """What determines a grading besides the pair (the cache key; no secret in it)."""

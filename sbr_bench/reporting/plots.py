@@ -73,6 +73,11 @@ def _figure(figsize=(6, 4)):
     return fig, fig.subplots()
 
 
+def hs_label(text: str, judge: str | None) -> str:
+    """An HS axis label, naming the judge when the report shows one judge's HS (``--judge``)."""
+    return text if judge is None else f"{text}, judge {judge}"
+
+
 def _err(summary) -> float:
     return 0.0 if summary.ci95 is None else summary.ci95
 
@@ -134,7 +139,7 @@ def _line_plot(lines, ax, **scale) -> None:
         )
 
 
-def hs_vs_poison_ratio(rows: list[Setting], path: Path) -> Path:
+def hs_vs_poison_ratio(rows: list[Setting], path: Path, judge: str | None = None) -> Path:
     lines = series(rows, "attack.poison_ratio")
     if not _varies(lines):
         raise Skip(
@@ -144,14 +149,14 @@ def hs_vs_poison_ratio(rows: list[Setting], path: Path) -> Path:
     _line_plot(lines, ax)
     ax.set(
         xlabel="poison ratio p (attack.poison_ratio)",
-        ylabel="HS after attack (%)",
+        ylabel=hs_label("HS after attack (%)", judge),
         title="Harmful score vs poison ratio",
     )
     ax.legend(fontsize="small")
     return _save(fig, path)
 
 
-def hs_vs_lambda(rows: list[Setting], path: Path) -> Path:
+def hs_vs_lambda(rows: list[Setting], path: Path, judge: str | None = None) -> Path:
     with_lam = [r for r in rows if r.param("defense.lam") is not None]
     lines = series(with_lam, "defense.lam")
     if not _varies(lines):
@@ -170,7 +175,8 @@ def hs_vs_lambda(rows: list[Setting], path: Path) -> Path:
     positive = [x for x in lams if x > 0]
     if positive and max(lams) / min(positive) > 100:  # lam spans orders of magnitude (0, 5, 50, 500)
         ax.set_xscale("symlog", linthresh=min(positive))
-    ax.set(xlabel="lambda (defense.lam)", ylabel="HS after attack (%)", title="Harmful score vs lambda")
+    ylabel = hs_label("HS after attack (%)", judge)
+    ax.set(xlabel="lambda (defense.lam)", ylabel=ylabel, title="Harmful score vs lambda")
     ax.legend(fontsize="small")
     return _save(fig, path)
 
@@ -195,7 +201,7 @@ def epoch_curve(row: Setting) -> list[tuple[float, float, float]]:
     return points
 
 
-def hs_vs_epoch(rows: list[Setting], path: Path) -> Path:
+def hs_vs_epoch(rows: list[Setting], path: Path, judge: str | None = None) -> Path:
     curves = [(row, epoch_curve(row)) for row in rows]
     curves = [(row, points) for row, points in curves if len(points) > 1]
     if not curves:
@@ -209,12 +215,12 @@ def hs_vs_epoch(rows: list[Setting], path: Path) -> Path:
         low = [max(m - e, 0) for m, e in zip(means, errors, strict=True)]  # a percentage: cut at 0 and 100
         high = [min(m + e, 100) for m, e in zip(means, errors, strict=True)]
         ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
-    ax.set(xlabel="epoch of the attack", ylabel="HS (%)", title="Harmful score during the attack")
+    ax.set(xlabel="epoch of the attack", ylabel=hs_label("HS (%)", judge), title="Harmful score during the attack")
     ax.legend(fontsize="small")
     return _save(fig, path)
 
 
-def hs_vs_fa(rows: list[Setting], path: Path) -> Path:
+def hs_vs_fa(rows: list[Setting], path: Path, judge: str | None = None) -> Path:
     points = [r for r in rows if finite(r.mean(HS)) and finite(r.mean(FA))]
     if not points:
         raise Skip(
@@ -239,12 +245,13 @@ def hs_vs_fa(rows: list[Setting], path: Path) -> Path:
         for r in points:
             text = " ".join(o for o in r.key if o not in common)
             ax.annotate(text, (r.mean(FA), r.mean(HS)), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    ax.set(xlabel="FA after attack (%)", ylabel="HS after attack (%)", title="Harmful score vs fine-tune accuracy")
+    ylabel = hs_label("HS after attack (%)", judge)
+    ax.set(xlabel="FA after attack (%)", ylabel=ylabel, title="Harmful score vs fine-tune accuracy")
     ax.legend(fontsize="small")
     return _save(fig, path)
 
 
-PLOTS: dict[str, Callable[[list[Setting], Path], Path]] = {
+PLOTS: dict[str, Callable[..., Path]] = {  # (rows, path, judge=None) -> path
     "hs_vs_poison_ratio.png": hs_vs_poison_ratio,
     "hs_vs_lambda.png": hs_vs_lambda,
     "hs_vs_epoch.png": hs_vs_epoch,
@@ -252,8 +259,10 @@ PLOTS: dict[str, Callable[[list[Setting], Path], Path]] = {
 }
 
 
-def draw(rows: list[Setting], folder: Path, say: Callable[[str], None]) -> dict[str, str]:
+def draw(rows: list[Setting], folder: Path, say: Callable[[str], None], judge: str | None = None) -> dict[str, str]:
     """Every plot into ``folder``; returns file name -> "written" or the reason it is not there.
+
+    ``judge``: the judge whose HS the rows hold (``sbr-bench-report --judge``), named on the HS axes.
 
     A plot that fails is one line through ``say`` and the others still run: a plot never costs the
     tables (written before this is called).
@@ -270,7 +279,7 @@ def draw(rows: list[Setting], folder: Path, say: Callable[[str], None]) -> dict[
     folder.mkdir(parents=True, exist_ok=True)
     for name, plot in PLOTS.items():
         try:
-            plot(rows, folder / name)
+            plot(rows, folder / name, judge=judge)
             outcome[name] = "written"
         except Skip as reason:
             outcome[name] = f"skipped: {reason}"

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sbr_bench.reporting.collect import HIDDEN, Job, override_key
-from sbr_bench.reporting.plots import FA, HS
+from sbr_bench.reporting.plots import FA, HS, hs_label
 from sbr_bench.reporting.stats import finite
 
 ATTACKER = ("attack", "adapter")  # the config groups the attacker controls (conf/attacker_space/)
@@ -228,7 +228,7 @@ def _plain(value: float | None) -> str:
     return "" if value is None or not finite(value) else repr(float(value))
 
 
-def plot_budget(rows: list[WorstCase], path: Path) -> Path:
+def plot_budget(rows: list[WorstCase], path: Path, judge: str | None = None) -> Path:
     """HS after the attack against the number of trials run: each trial a point (filled: kept the floor,
     hollow: did not), the worst case so far a step line, the default attack a dashed line; a colour per row."""
     from sbr_bench.reporting.plots import Skip, _figure, _save, defense_colour
@@ -255,7 +255,7 @@ def plot_budget(rows: list[WorstCase], path: Path) -> Path:
             ax.axhline(row.default.values[HS], color=colour, linestyle="--", linewidth=0.8)
     ax.set(
         xlabel="trials run (attacker's budget)",
-        ylabel="HS after attack (%)",
+        ylabel=hs_label("HS after attack (%)", judge),
         title="Worst case vs trials (filled: kept the FA floor; dashed: default attack)",
         ylim=(-2, 102),
     )
@@ -264,14 +264,14 @@ def plot_budget(rows: list[WorstCase], path: Path) -> Path:
     return _save(fig, path)
 
 
-def draw(rows: list[WorstCase], folder: Path, say: Callable[[str], None]) -> dict[str, str]:
+def draw(rows: list[WorstCase], folder: Path, say: Callable[[str], None], judge: str | None = None) -> dict[str, str]:
     """The budget plot into ``folder``; file name -> "written" or why not (as ``plots.draw``)."""
     from sbr_bench.reporting.plots import Skip
 
     name = "worst_case_vs_budget.png"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        plot_budget(rows, folder / name)
+        plot_budget(rows, folder / name, judge)
         return {name: "written"}
     except Skip as reason:
         say(f"{name} skipped: {reason}")

@@ -73,7 +73,7 @@ def write_report(
         write_text_atomic(out / "judges.csv", judges.judges_csv(rows, names))
     if cases:
         write_text_atomic(out / "worst_case.csv", worst_case.worst_case_csv(cases))
-    outcome = plots.draw(rows, out / "plots", say)
+    outcome = plots.draw(rows, out / "plots", say, judge)
     if cases:
-        outcome.update(worst_case.draw(cases, out / "plots", say))
+        outcome.update(worst_case.draw(cases, out / "plots", say, judge))
     write_text_atomic(out / "report.md", report_markdown(jobs, rows, cases, outcome, judge))
