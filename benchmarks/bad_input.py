@@ -24,7 +24,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
-from bad_input_cases import CASES, NO_CUDA_CASE, NO_OPTUNA_CASE, matches, write_files  # noqa: E402
+from bad_input_cases import CASES, NO_CUDA_CASE, NO_OPTUNA_CASE, NO_VLLM_CASE, matches, write_files  # noqa: E402
 from common import write_record  # noqa: E402
 
 
@@ -47,6 +47,7 @@ def main() -> None:
 
     cases = [*CASES, *([] if torch.cuda.is_available() else [NO_CUDA_CASE])]
     cases += [] if installed("hydra_plugins.hydra_optuna_sweeper") else [NO_OPTUNA_CASE]
+    cases += [] if installed("vllm") else [NO_VLLM_CASE]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

@@ -35,6 +35,7 @@ from sbr_bench.data.formatting import apply_prompt_format, with_prompt_format
 from sbr_bench.defenses.base import Defense
 from sbr_bench.defenses.none import NoDefense
 from sbr_bench.errors import ConfigError
+from sbr_bench.evaluation import backends
 from sbr_bench.evaluation.during_attack import attack_monitors, monitor_results
 from sbr_bench.evaluation.evaluate import evaluate
 from sbr_bench.evaluation.records import describe
@@ -133,6 +134,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         defense.check(pools)
     judge = instantiate(cfg.judge)
     check_judge(judge)  # e.g. an API key missing from the environment: fail before any model loads
+    backends.make_backend(eval_cfg).check()  # e.g. eval.backend=vllm without vllm installed
     if settings.search is not None:  # the worst-case search's utility floor: its reference is known now
         search.check(settings.search, runtime.choices())
         search_reference = search.reference_fa(settings.search)
@@ -190,8 +192,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
     generations: list[dict] = []
     if settings.eval.before_attack:
         # The monitors of the attack (eval.during_attack, eval.diagnostics) do not change this evaluation.
-        scored = {k: v for k, v in eval_cfg.items() if k not in ("during_attack", "diagnostics")}
+        unscored = ("during_attack", "diagnostics", "backend", "continuous", "vllm")  # the backend: below
+        scored = {k: v for k, v in eval_cfg.items() if k not in unscored}
         key_parts = {"eval": scored, "judge": container(cfg.judge), "data": eval_data(pools)}
+        key_parts.update(backends.cache_key_part(eval_cfg))  # hf: the keys it always had
         if attack_probes:  # only then: the plain attack keeps the cache entries it always had
             key_parts["attack_probes"] = attack_probes
         if settings.adapter.kind == "continue":  # the unmerged adapter: rounding differs from merged weights
@@ -348,7 +352,15 @@ def eval_record(eval_settings: EvalSettings, records: list[dict]) -> dict:
             "prompts": n,
             "max_new_tokens": limits.get(pool, eval_settings.max_new_tokens) if generated else None,
         }
-    return {"batch_size": eval_settings.batch_size, "before_attack": eval_settings.before_attack, "pools": pools}
+    backend: dict[str, Any] = {"name": eval_settings.backend}
+    if eval_settings.backend != "hf":
+        backend["options"] = getattr(eval_settings, eval_settings.backend).model_dump()
+    return {
+        "backend": backend,
+        "batch_size": eval_settings.batch_size,
+        "before_attack": eval_settings.before_attack,
+        "pools": pools,
+    }
 
 
 def eval_data(pools) -> str:
@@ -370,6 +382,7 @@ def run_evaluation(model, tokenizer, pools, judge, eval_cfg: dict, attack_probes
         num_harmful=eval_cfg["num_harmful"],
         num_benign=eval_cfg["num_benign"],
         num_task=eval_cfg["num_task"],
+        backend=backends.make_backend(eval_cfg),
     )
     if attack_probes:
         extra_scores, extra_records = probes.probe_evaluation(

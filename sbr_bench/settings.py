@@ -183,10 +183,34 @@ class DiagnosticsSettings(Schema):
     num_prompts: PositiveInt
 
 
+class ContinuousSettings(Schema):
+    """``eval.continuous``: transformers' continuous batching (``eval.backend=continuous``)."""
+
+    page_size: Annotated[int, Ge(4)]  # transformers needs at least 4 tokens per page
+    max_batch_tokens: PositiveInt
+    num_blocks: PositiveInt | None
+
+
+class VLLMSettings(Schema):
+    """``eval.vllm``: generation by vLLM in a separate process (``eval.backend=vllm``)."""
+
+    python: NonEmptyStr | None
+    weights: Literal["merged", "adapter"]
+    dtype: Literal["auto", "float32", "float16", "bfloat16"]
+    gpu_memory_utilization: Annotated[float, Gt(0), Le(1)]
+    max_model_len: PositiveInt | None
+    enforce_eager: bool
+    offload: bool
+    seed: NonNegativeInt
+
+
 class EvalSettings(Schema):
-    """The evaluation (``conf/eval/``): generation lengths, batch size, prompts per pool."""
+    """The evaluation (``conf/eval/``): generation backend and lengths, batch size, prompts per pool."""
 
     before_attack: bool
+    backend: Literal["hf", "continuous", "vllm"]
+    continuous: ContinuousSettings
+    vllm: VLLMSettings
     max_new_tokens: PositiveInt
     task_max_new_tokens: PositiveInt
     batch_size: PositiveInt

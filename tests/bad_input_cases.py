@@ -51,6 +51,16 @@ CASES: list[tuple[str, list[str], str]] = [
         "attack.scheduler=step is not one of: constant, linear, cosine",
     ),
     (
+        "out of range: a generation backend that does not exist",
+        [*TOY, "eval.backend=vlm"],
+        "eval.backend=vlm is not one of: hf, continuous, vllm",
+    ),
+    (
+        "missing file: the interpreter of the vLLM backend",
+        [*TOY, "eval.backend=vllm", "eval.vllm.python=/nonexistent/bin/python"],
+        "eval.vllm.python=/nonexistent/bin/python is not a file; give an environment's python",
+    ),
+    (
         "out of range: an SBR reduction that does not exist",
         [*TOY, "defense=sbr", "defense.reduction=mean"],
         "defense.reduction=mean is not one of: elementwise_mean, paper_sum",
@@ -211,6 +221,13 @@ NO_OPTUNA_CASE = (
     ["-m", *TOY, "hydra/sweeper=optuna"],
     "hydra/sweeper=optuna needs the optuna extra; install it with: pip install -e '.[optuna]' (in the repository) "
     "or pip install 'sbr-bench[optuna]'",
+)
+
+NO_VLLM_CASE = (
+    "a generation backend whose package is not installed",
+    [*TOY, "eval.backend=vllm"],
+    "eval.backend=vllm needs the vllm package: pip install -e '.[vllm]' (a GPU machine), or "
+    "eval.vllm.python=<the python of an environment that has vllm>",
 )
 
 

@@ -14,7 +14,7 @@ import logging
 
 import pytest
 import torch
-from bad_input_cases import CASES, NO_CUDA_CASE, NO_OPTUNA_CASE, matches, write_files
+from bad_input_cases import CASES, NO_CUDA_CASE, NO_OPTUNA_CASE, NO_VLLM_CASE, matches, write_files
 from conftest import compose_config
 from test_cli import sbr_bench
 
@@ -22,7 +22,7 @@ from sbr_bench.job import run_job
 from sbr_bench.launchers import installed, missing_plugin
 from sbr_bench.precheck import problem
 
-ALL = [*CASES, NO_CUDA_CASE, NO_OPTUNA_CASE]
+ALL = [*CASES, NO_CUDA_CASE, NO_OPTUNA_CASE, NO_VLLM_CASE]
 # One case of each way a command stops: the pre-check's settings schema, a plug-in's signature, a sweep
 # job, an absent extra, a data file read by the job, a check against the data, a rule in a constructor.
 AS_A_USER = {
@@ -48,6 +48,8 @@ def skip_where_not_applicable(case):
         pytest.skip("this machine has CUDA")
     if case == NO_OPTUNA_CASE and installed("hydra_plugins.hydra_optuna_sweeper"):
         pytest.skip("the optuna extra is installed")
+    if case == NO_VLLM_CASE and installed("vllm"):
+        pytest.skip("the vllm extra is installed")
 
 
 @pytest.mark.parametrize(("name", "args", "expected"), ALL, ids=[c[0] for c in ALL])

@@ -35,6 +35,7 @@ def toy_job(tmp_path_factory, shared_cache):
 @pytest.fixture
 def job(toy_job, tmp_path, monkeypatch):
     """A copy of the toy job; generating anything from here on fails the test."""
+    import sbr_bench.evaluation.backends
     import sbr_bench.evaluation.evaluate
     import sbr_bench.evaluation.generate
 
@@ -44,7 +45,9 @@ def job(toy_job, tmp_path, monkeypatch):
     monkeypatch.setattr(sbr_bench.evaluation.generate, "greedy_generate", no_generation)
     monkeypatch.setattr(sbr_bench.evaluation.evaluate, "greedy_generate", no_generation)
     monkeypatch.setattr(sbr_bench.evaluation.generate, "generate_answers", no_generation)
-    monkeypatch.setattr(sbr_bench.evaluation.evaluate, "generate_answers", no_generation)
+    monkeypatch.setattr(sbr_bench.evaluation.backends, "generate_answers", no_generation)
+    for backend in ("HFBackend", "ContinuousBackend", "VLLMBackend"):
+        monkeypatch.setattr(sbr_bench.evaluation.backends, backend, no_generation)
     copy = tmp_path / "sweep" / "0"
     shutil.copytree(toy_job, copy)
     return copy

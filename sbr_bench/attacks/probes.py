@@ -26,7 +26,7 @@ import re
 from typing import Any
 
 from sbr_bench.attack import add_trigger
-from sbr_bench.evaluation.generate import greedy_generate
+from sbr_bench.evaluation.backends import Request, make_backend
 from sbr_bench.judges.base import harmful_metrics, run_judge, verdict_fields
 
 _WORD = re.compile(r"\w+|[^\w\s]")
@@ -80,9 +80,8 @@ def probe_evaluation(
     if probes.get("trigger"):
         prompts = pools.eval_harmful[: eval_cfg.get("num_harmful")]
         triggered = [add_trigger(p, probes["trigger"], probes["trigger_position"]) for p in prompts]
-        answers = greedy_generate(
-            model, tokenizer, triggered, eval_cfg["max_new_tokens"], eval_cfg["batch_size"], "triggered harmful prompts"
-        )
+        request = Request(triggered, eval_cfg["max_new_tokens"], "triggered harmful prompts")
+        answers = make_backend(eval_cfg)(model, tokenizer, [request])[0][0]  # eval.backend, as the pools
         verdicts = run_judge(judge, triggered, answers)
         metrics.update(suffixed(harmful_metrics(judge, verdicts), "triggered"))
         extra += [

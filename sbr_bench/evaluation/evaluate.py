@@ -15,7 +15,8 @@ import logging
 
 from sbr_bench.data.bundled import Pair, Pools
 from sbr_bench.data.tasks import label_correct  # noqa: F401 - the sentiment rule, importable from here as before
-from sbr_bench.evaluation.generate import generate_answers, greedy_generate  # noqa: F401 - greedy_generate: as before
+from sbr_bench.evaluation.backends import Backend, HFBackend, Request
+from sbr_bench.evaluation.generate import greedy_generate  # noqa: F401 - importable from here as before
 from sbr_bench.judges.base import harmful_metrics, run_judge, verdict_fields
 from sbr_bench.judges.keyword import is_refusal
 
@@ -38,23 +39,29 @@ def evaluate(
     num_harmful: int | None = None,
     num_benign: int | None = None,
     num_task: int | None = None,
+    backend: Backend | None = None,
 ) -> tuple[dict[str, float], list[dict]]:
-    """Generate on the evaluation pools and score; returns (metrics, one record per generation)."""
+    """Generate on the evaluation pools and score; returns (metrics, one record per generation).
+
+    ``backend`` (``eval.backend``, sbr_bench/evaluation/backends.py) answers the three pools in one
+    call; None is ``hf`` with ``batch_size``.
+    """
     harmful = pools.eval_harmful[:num_harmful]
     benign = pools.eval_benign[:num_benign]
     task: list[Pair] = pools.task_test[:num_task]
 
-    harmful_answers, harmful_cut = generate_answers(
-        model, tokenizer, harmful, max_new_tokens, batch_size, "harmful prompts"
+    backend = backend or HFBackend(batch_size=batch_size)
+    (harmful_answers, harmful_cut), (benign_answers, benign_cut), (task_answers, task_cut) = backend(
+        model,
+        tokenizer,
+        [
+            Request(harmful, max_new_tokens, "harmful prompts"),
+            Request(benign, max_new_tokens, "benign prompts"),
+            Request([p.prompt for p in task], task_max_new_tokens, "task prompts"),
+        ],
     )
     harmful_verdicts = run_judge(judge, harmful, harmful_answers)
-    benign_answers, benign_cut = generate_answers(
-        model, tokenizer, benign, max_new_tokens, batch_size, "benign prompts"
-    )
     benign_refused = [is_refusal(a) for a in benign_answers]
-    task_answers, task_cut = generate_answers(
-        model, tokenizer, [p.prompt for p in task], task_max_new_tokens, batch_size, "task prompts"
-    )
     # The task's own answer check (sbr_bench/data/tasks.py); None for tasks without one (AlpacaEval).
     task_correct = [pools.task.score(a, p.response) for a, p in zip(task_answers, task, strict=True)]
     if pools.task.check is None:

@@ -27,6 +27,17 @@ def greedy_generate(
     return generate_answers(model, tokenizer, prompts, max_new_tokens, batch_size, desc)[0]
 
 
+def encode_prompts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
+    """Each prompt's token ids in the chat template (the template brings its own special tokens)."""
+    return [tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in prompts]
+
+
+def decode_answer(tokenizer, new_tokens) -> tuple[str, bool]:
+    """(the answer's text, truncated): truncated when no end-of-sequence token is among the new tokens."""
+    ids = [int(t) for t in new_tokens]
+    return tokenizer.decode(ids, skip_special_tokens=True).strip(), tokenizer.eos_token_id not in ids
+
+
 @torch.no_grad()
 def generate_answers(
     model,
@@ -41,7 +52,7 @@ def generate_answers(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    encoded = [tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in prompts]
+    encoded = encode_prompts(tokenizer, prompts)
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     answers: list[str] = [""] * len(prompts)
     truncated: list[bool] = [False] * len(prompts)
@@ -64,8 +75,7 @@ def generate_answers(
                 eos_token_id=tokenizer.eos_token_id,
             )
             for j, i in enumerate(rows):
-                answers[i] = tokenizer.decode(out[j, width:], skip_special_tokens=True).strip()
-                truncated[i] = bool((out[j, width:] != tokenizer.eos_token_id).all())
+                answers[i], truncated[i] = decode_answer(tokenizer, out[j, width:])
     finally:
         model.train(was_training)
     return answers, truncated
