@@ -11,12 +11,15 @@ case takes as a command: ``python benchmarks/bad_input.py``.
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from bad_input_cases import CASES, NO_CUDA_CASE, NO_OPTUNA_CASE, NO_VLLM_CASE, matches, write_files
 from conftest import compose_config
-from test_cli import sbr_bench
 
 from sbr_bench.job import run_job
 from sbr_bench.launchers import installed, missing_plugin
@@ -43,13 +46,20 @@ def files(tmp_path_factory):
     return folder
 
 
-def skip_where_not_applicable(case):
+def not_applicable(case) -> str | None:
+    """Why ``case`` cannot fail here (what it lacks is there), or None."""
     if case == NO_CUDA_CASE and torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
+        return "this machine has CUDA"
     if case == NO_OPTUNA_CASE and installed("hydra_plugins.hydra_optuna_sweeper"):
-        pytest.skip("the optuna extra is installed")
+        return "the optuna extra is installed"
     if case == NO_VLLM_CASE and installed("vllm"):
-        pytest.skip("the vllm extra is installed")
+        return "the vllm extra is installed"
+    return None
+
+
+def skip_where_not_applicable(case):
+    if reason := not_applicable(case):
+        pytest.skip(reason)
 
 
 @pytest.mark.parametrize(("name", "args", "expected"), ALL, ids=[c[0] for c in ALL])
@@ -74,15 +84,41 @@ def test_bad_input_is_one_line_before_any_model_loads(name, args, expected, file
 USER_CASES = [c for c in ALL if c[0] in AS_A_USER]
 
 
+@pytest.fixture(scope="module")
+def as_a_user(files, tmp_path_factory) -> dict[str, tuple[int, str, Path]]:
+    """Case name -> (exit code, stderr, job folder) of ``sbr-bench <args>`` in a subprocess.
+
+    The commands are independent and spend their seconds starting Python and importing torch, so
+    they all start at once instead of one after another.
+    """
+    root = tmp_path_factory.mktemp("as_a_user")
+    env = {**os.environ, "SBR_BENCH_CACHE": str(root / "cache"), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    running = {}
+    for i, case in enumerate(USER_CASES):
+        if not_applicable(case):
+            continue
+        name, args, _ = case
+        job = root / str(i) / "job"
+        job.parent.mkdir()
+        args = [a.replace("{files}", str(files)) for a in args]
+        command = [sys.executable, "-m", "sbr_bench.cli", *args, f"hydra.run.dir={job}", f"hydra.sweep.dir={job}"]
+        with (job.parent / "stderr").open("w") as stderr:  # the child keeps its own copy of the handle
+            proc = subprocess.Popen(command, cwd=job.parent, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        running[name] = (proc, job)
+    results = {}
+    for name, (proc, job) in running.items():
+        proc.wait(timeout=600)
+        results[name] = (proc.returncode, (job.parent / "stderr").read_text(), job)
+    return results
+
+
 @pytest.mark.parametrize(("name", "args", "expected"), USER_CASES, ids=[c[0] for c in USER_CASES])
-def test_as_a_user_runs_it_exit_code_2_and_nothing_else_on_stderr(name, args, expected, files, tmp_path):
+def test_as_a_user_runs_it_exit_code_2_and_nothing_else_on_stderr(name, args, expected, files, as_a_user):
     skip_where_not_applicable((name, args, expected))
-    job = tmp_path / "job"
-    args = [a.replace("{files}", str(files)) for a in args]
-    result = sbr_bench([*args, f"hydra.run.dir={job}", f"hydra.sweep.dir={job}"], tmp_path, tmp_path / "cache")
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    returncode, stderr, job = as_a_user[name]
+    lines = stderr.strip().splitlines()
+    assert returncode == 2, stderr[-2000:]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr[-2000:]
     assert matches(lines[0], expected.replace("{files}", str(files))), lines[0]
     log = job / "sbr-bench.log"
     assert not log.is_file() or "model: loading" not in log.read_text()  # no model was loaded
