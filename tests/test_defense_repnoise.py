@@ -13,8 +13,9 @@ from helpers import check_settings
 
 from sbr_bench.data.bundled import Pair
 from sbr_bench.data.formatting import IGNORE_INDEX, encode_pair
+from sbr_bench.defenses import repnoise
 from sbr_bench.defenses.none import NoDefense
-from sbr_bench.defenses.repnoise import RepNoise, mmd
+from sbr_bench.defenses.repnoise import LinearCrossEntropy, RepNoise, mmd
 from sbr_bench.errors import ConfigError
 from sbr_bench.models.adapters import apply_adapter
 from sbr_bench.module import Optim, SafetyModule
@@ -115,6 +116,41 @@ def test_ascent_term_matches_the_logit_lens_computed_separately(toy_model, pools
     torch.testing.assert_close(terms["ascent"].double(), expected, rtol=1e-5, atol=1e-6)
     for g, e in zip(grads(terms["ascent"], model), grads(expected, model), strict=True):
         torch.testing.assert_close(g.double(), e.double(), rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 64])
+@pytest.mark.parametrize("weight_trains", [True, False])
+def test_chunked_cross_entropy_equals_the_whole_logits_one(chunk, weight_trains):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(10, 16, generator=gen, requires_grad=True)
+    weight = torch.randn(50, 16, generator=gen).requires_grad_(weight_trains)
+    targets = torch.randint(0, 50, (10,), generator=gen)
+    got = LinearCrossEntropy.apply(x, weight, targets, chunk)
+    logits = torch.nn.functional.linear(x, weight).float()
+    expected = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-5)
+    inputs = (x, weight) if weight_trains else (x,)
+    for g, e in zip(torch.autograd.grad(2.5 * got, inputs), torch.autograd.grad(2.5 * expected, inputs), strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)  # fp32, sums in another order
+
+
+def test_the_ascent_term_does_not_depend_on_the_lens_chunk(toy_model, pools, monkeypatch):
+    model, tokenizer = toy_model
+    batch = harmful_batch(tokenizer, pools)
+    module = stub_module(model, tokenizer, pools, batch)
+    rep = RepNoise(alpha=1.0, beta=0.0)
+    rep.setup(module)
+    calls = []
+    fused = LinearCrossEntropy.apply
+    monkeypatch.setattr(LinearCrossEntropy, "apply", lambda *a: calls.append(a[0].shape) or fused(*a))
+    whole = rep.loss_terms(module, batch={})["ascent"]
+    rows = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    assert calls == [(rows * (model.config.num_hidden_layers + 2), model.config.hidden_size)]  # one call, all lenses
+    monkeypatch.setattr(repnoise, "LENS_CHUNK_ROWS", 7)  # many chunks, the last one partial
+    chunked = rep.loss_terms(module, batch={})["ascent"]
+    torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-6)
+    for g, e in zip(grads(chunked, model), grads(whole, model), strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-7)
 
 
 def test_double_norm_changes_the_last_lens(toy_model, pools):

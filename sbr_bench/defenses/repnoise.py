@@ -98,6 +98,46 @@ def mmd(source: torch.Tensor, target: torch.Tensor, kernel_num: int = 5, kernel_
     return (kernel[:b, :b] + kernel[b:, b:] - kernel[:b, b:] - kernel[b:, :b]).mean()
 
 
+# Rows of the logit lens whose full-vocabulary logits exist at once (49152 columns for SmolLM2: 1024
+# rows are 200 MB in fp32). Any value gives the same loss; it trades memory for larger matrix products.
+LENS_CHUNK_ROWS = 1024
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """``sum_r CE(x_r @ W^T, t_r)`` chunk by chunk of rows, gradients computed while each chunk's logits exist.
+
+    The same value and gradients as ``F.cross_entropy(F.linear(x, W).float(), t, reduction="sum")``,
+    without keeping any (rows, vocabulary) tensor for the backward pass: per chunk, the logits give
+    the loss and ``softmax - onehot``, which gives d/dx (and d/dW when W trains) at once; the backward
+    pass only scales them. The logits are taken in x's dtype and scored in fp32, as the reference does.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+        grad_x = torch.empty_like(x)
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if weight.requires_grad else None
+        total = torch.zeros((), dtype=torch.float32, device=x.device)
+        for start in range(0, x.shape[0], chunk):
+            rows, target = x[start : start + chunk], targets[start : start + chunk]
+            logits = (rows @ weight.T).float()
+            logsumexp = torch.logsumexp(logits, dim=-1, keepdim=True)
+            total += (logsumexp.squeeze(1) - logits.gather(1, target[:, None]).squeeze(1)).sum()
+            dlogits = logits.sub_(logsumexp).exp_()  # softmax, in the logits' memory
+            dlogits[torch.arange(len(target), device=x.device), target] -= 1
+            dlogits = dlogits.to(x.dtype)
+            grad_x[start : start + chunk] = dlogits @ weight
+            if grad_w is not None:
+                grad_w += (dlogits.T @ rows).float()
+        ctx.save_for_backward(grad_x, grad_w)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total: torch.Tensor):
+        grad_x, grad_w = ctx.saved_tensors
+        grad_total = grad_total.to(grad_x.dtype)
+        return grad_x * grad_total, None if grad_w is None else (grad_w * grad_total).to(grad_x.dtype), None, None
+
+
 class RepNoise(Defense):
     """Representation Noising in the alignment stage; see the module docstring for the math and options."""
 
@@ -199,13 +239,20 @@ class RepNoise(Defense):
             return h[:, :-1][keep]  # gather first: the norm is per token, the LM head runs only here
 
         last = at_answer(hidden_states[-1])  # the decoder's output, after the final norm
-        last_logits = head(last)
         cap = getattr(config, "final_logit_softcapping", None)
-        # The model's own logits are soft-capped in Gemma 2; the code's logit lens is not.
-        final = cap * torch.tanh(last_logits / cap) if cap else last_logits
-        lens = [ce(head(norm(at_answer(h)))) for h in hidden_states[:-1]]
-        lens.append(ce(head(norm(last))) if self.norm_last_twice else ce(last_logits))
-        return (ce(final) + sum(lens)) / len(hidden_states)
+        lens = [norm(at_answer(h)) for h in hidden_states[:-1]]
+        lens.append(norm(last) if self.norm_last_twice else last)
+        if cap or type(head) is not torch.nn.Linear or head.bias is not None:
+            # The model's own logits are soft-capped in Gemma 2 (the code's logit lens is not), or the
+            # head is not one plain matrix (an adapter on it): every CE from its logits, as written.
+            last_logits = head(last)
+            final = cap * torch.tanh(last_logits / cap) if cap else last_logits
+            return (ce(final) + sum(ce(head(x)) for x in lens)) / len(hidden_states)
+        # The final logits and every lens share the head and the targets: one chunked CE over all of
+        # their rows, the (rows, vocabulary) logits never held for the backward pass.
+        rows = torch.cat([last, *lens])
+        total = LinearCrossEntropy.apply(rows, head.weight, targets.repeat(len(lens) + 1), LENS_CHUNK_ROWS)
+        return total / len(targets) / len(hidden_states)  # the mean CE of each term, summed, / (L + 1)
 
     def loss_terms(self, module, batch):
         """``{"noise": beta * l_noise, "ascent": -alpha * log(l_ascent + 1)}`` on the next harmful batch."""
