@@ -47,8 +47,6 @@ class Request:
 
 
 class Backend(Protocol):
-    name: str
-
     def check(self) -> None:
         """Raise ConfigError when the backend cannot run here (called before any model loads)."""
 
@@ -60,7 +58,6 @@ class HFBackend:
     """Static batches of ``batch_size`` prompts, sorted by length, left-padded, KV-cached."""
 
     batch_size: int = 32
-    name: str = "hf"
 
     def check(self) -> None:
         pass
@@ -78,7 +75,6 @@ class ContinuousBackend:
     page_size: int = 128
     max_batch_tokens: int = 2048
     num_blocks: int | None = None
-    name: str = "continuous"
 
     def check(self) -> None:
         pass  # transformers' own code: nothing to install
@@ -145,7 +141,6 @@ class VLLMBackend:
     enforce_eager: bool = False
     offload: bool = True
     seed: int = 0
-    name: str = "vllm"
 
     def check(self) -> None:
         """vllm importable by the interpreter that will run it (before any model loads)."""

@@ -34,7 +34,7 @@ def encode_prompts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
 
 def decode_answer(tokenizer, new_tokens) -> tuple[str, bool]:
     """(the answer's text, truncated): truncated when no end-of-sequence token is among the new tokens."""
-    ids = [int(t) for t in new_tokens]
+    ids = new_tokens.tolist() if isinstance(new_tokens, torch.Tensor) else list(new_tokens)
     return tokenizer.decode(ids, skip_special_tokens=True).strip(), tokenizer.eos_token_id not in ids
 
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
+import inspect
 import json
 import logging
 import math
@@ -213,26 +214,9 @@ class ChatClient:
         log.warning("judge %s: the server does not take %s; sending %s instead", self.judge, refused, other)
 
 
-CONNECTION = (
-    "base_url",
-    "model",
-    "name",
-    "api_key_env",
-    "temperature",
-    "max_tokens",
-    "token_limit_param",
-    "threshold",
-    "retries",
-    "retry_delay",
-    "timeout",
-    "concurrency",
-    "cache_dir",
-)
-
-
 def connection(arguments: dict) -> dict:
     """The ``ChatJudge.__init__`` arguments among a subclass's (its ``locals()`` at the top of ``__init__``)."""
-    return {key: arguments[key] for key in CONNECTION}
+    return {key: arguments[key] for key in inspect.signature(ChatJudge.__init__).parameters if key != "self"}
 
 
 class ChatJudge(Judge):
@@ -246,17 +230,6 @@ class ChatJudge(Judge):
     """
 
     option = "api"
-    base_url: str
-    api_key_env: str
-    model: str
-    temperature: float
-    max_tokens: int
-    token_limit_param: TokenLimitParam
-    retries: int
-    retry_delay: float
-    timeout: float
-    concurrency: int
-    cache_dir: Path | None
 
     def __init__(
         self,
