@@ -31,7 +31,7 @@ from common import write_record  # noqa: E402
 def run_case(args: list[str], folder: Path) -> tuple[int, list[str], float]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "SBR_BENCH_CACHE": str(folder / "cache")}
     job = folder / "job"
-    command = [sys.executable, "-m", "sbr_bench.cli", *args, f"hydra.run.dir={job}", f"hydra.sweep.dir={job}"]
+    command = [sys.executable, "-m", "sbr_bench.cli.run", *args, f"hydra.run.dir={job}", f"hydra.sweep.dir={job}"]
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=folder, check=False)
     return result.returncode, result.stderr.strip().splitlines(), time.perf_counter() - start
@@ -43,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from sbr_bench.launchers import installed
+    from sbr_bench.cli.launchers import installed
 
     cases = [*CASES, *([] if torch.cuda.is_available() else [NO_CUDA_CASE])]
     cases += [] if installed("hydra_plugins.hydra_optuna_sweeper") else [NO_OPTUNA_CASE]

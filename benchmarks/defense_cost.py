@@ -33,7 +33,7 @@ from common import compose, write_record
 
 DEFENSES = ("none", "sbr", "vaccine", "repnoise", "booster", "lisa", "safety_mix", "l2sp", "ewc", "constrained_sft")
 
-# Forward+backward passes per step of each method (its paper's algorithm; README "Defenses"): the
+# Forward+backward passes per step of each method (its paper's algorithm; docs/defenses.md): the
 # goal of the performance issue is a step time within 1.15 x this count of plain SFT's.
 PASSES = {
     "none": 1,
@@ -92,11 +92,11 @@ def run_defense(
     from omegaconf import OmegaConf
     from torch.utils.data import DataLoader
 
-    from sbr_bench.attack import build_attack_set
+    from sbr_bench.attacks.attack_set import build_attack_set
     from sbr_bench.data.formatting import PadCollator
     from sbr_bench.models.adapters import apply_adapter
-    from sbr_bench.module import Optim, SafetyModule
-    from sbr_bench.training import fit, stage_loaders
+    from sbr_bench.training.fit import fit, stage_loaders
+    from sbr_bench.training.module import Optim, SafetyModule
 
     cfg = compose([f"model={model_option}", f"defense={name}", "logger=none", *overrides])
     pools = instantiate(cfg.data)

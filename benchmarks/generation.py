@@ -72,11 +72,11 @@ def main() -> None:
     from hydra.utils import instantiate
 
     from sbr_bench.evaluation.backends import Request
-    from sbr_bench.pipeline import container
+    from sbr_bench.pipeline import resolved
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     cfg = compose([f"model={args.model}", "logger=none"])
-    continuous = container(cfg.eval.continuous)
+    continuous = resolved(cfg.eval.continuous)
     pools = instantiate(cfg.data)
     model, tokenizer = instantiate(cfg.model)
     model.to(device).eval()

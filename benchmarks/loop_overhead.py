@@ -31,11 +31,11 @@ def plain_loop(model_option: str, steps: int, device: str) -> list[float]:
     from omegaconf import OmegaConf
     from torch.utils.data import DataLoader
 
-    from sbr_bench.attack import build_attack_set
+    from sbr_bench.attacks.attack_set import build_attack_set
     from sbr_bench.data.formatting import PadCollator
     from sbr_bench.defenses.none import NoDefense
     from sbr_bench.models.adapters import apply_adapter
-    from sbr_bench.module import Optim, SafetyModule
+    from sbr_bench.training.module import Optim, SafetyModule
 
     cfg = compose([f"model={model_option}", "logger=none"])
     pools = instantiate(cfg.data)

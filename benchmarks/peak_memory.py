@@ -33,7 +33,7 @@ print("PEAK_KIB", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "RC", 
 def job_peak_mib(overrides: list[str]) -> tuple[float, float]:
     """(peak resident MiB, seconds) of one ``sbr-bench`` job with a fresh cache."""
     with tempfile.TemporaryDirectory(prefix="sbr-bench-mem-") as tmp:
-        command = [sys.executable, "-m", "sbr_bench.cli", "logger=none", f"paths.cache_dir={tmp}/cache"]
+        command = [sys.executable, "-m", "sbr_bench.cli.run", "logger=none", f"paths.cache_dir={tmp}/cache"]
         command += [f"hydra.run.dir={tmp}/job", *overrides]
         start = time.perf_counter()
         result = subprocess.run([sys.executable, "-c", WRAPPER, *command], capture_output=True, text=True, check=False)

@@ -34,7 +34,7 @@ def sweep(model: str, cache: str, extra: list[str], folder: Path) -> float:
     command = [
         sys.executable,
         "-m",
-        "sbr_bench.cli",
+        "sbr_bench.cli.run",
         "-m",
         f"model={model}",
         f"seed={SEEDS}",

@@ -10,49 +10,34 @@ determines the aligned weights: the model config, the alignment config, the alig
 defense, and the alignment examples themselves. A sweep over attack settings therefore aligns
 once. A LoRA alignment is stored as its adapter (never a copy of the base weights) and merged into
 the weights when loaded, exactly as after training, so a cached and a fresh alignment give the same
-model. An entry appears by an atomic rename, so a half-written entry is never served, and it is
-computed under a lock (``io.exclusive``): concurrent jobs of a parallel sweep that need the same
-entry compute it once, the others wait for it and reuse it.
+model. The entries are written and locked by ``sbr_bench.cache``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 
-from sbr_bench.data.bundled import Pair, Pools
+from sbr_bench.cache import cached_json, digest, load_weights, model_identity, store
+from sbr_bench.context import JobContext
+from sbr_bench.data.pools import Pair, Pools
 from sbr_bench.evaluation.generate import greedy_generate
-from sbr_bench.io import exclusive, read_json, write_json_atomic
+from sbr_bench.io import exclusive, read_json
 from sbr_bench.models.adapters import apply_adapter, merge_adapter
-from sbr_bench.module import Optim, SafetyModule
 from sbr_bench.settings import AlignSettings
-from sbr_bench.training import fit, stage_loaders
+from sbr_bench.training.fit import fit, stage_loaders
+from sbr_bench.training.module import Optim, SafetyModule
 
 log = logging.getLogger(__name__)
 
 # Bump when the alignment code changes what it produces for the same settings: old entries are
 # then simply not found any more.
 ALIGN_FORMAT = 1
-
-
-def digest(payload: Any) -> str:
-    """Short stable hash of a JSON-able value."""
-    text = json.dumps(payload, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def model_identity(model_cfg: dict) -> dict:
-    """The model config without the keys that do not change the weights (where files are cached)."""
-    return {k: v for k, v in model_cfg.items() if k != "cache_dir"}
 
 
 def alignment_examples(pools: Pools, settings: AlignSettings) -> list[Pair]:
@@ -120,42 +105,13 @@ def alignment_key(
     )
 
 
-def save_weights(model, adapter_kind: str, folder: Path) -> None:
-    """``folder/adapter`` (LoRA: the adapter alone) or ``folder/model.safetensors`` (full fine-tuning)."""
-    if adapter_kind == "lora":
-        model.save_pretrained(folder / "adapter")
-    else:
-        from safetensors.torch import save_model
-
-        save_model(model, str(folder / "model.safetensors"))
-
-
-def _load(model, adapter_kind: str, folder: Path, merge: bool = True):
-    if adapter_kind == "lora":
-        from peft import PeftModel
-
-        if not merge:  # adapter=continue: the attack trains this adapter
-            return PeftModel.from_pretrained(model, folder / "adapter", is_trainable=True)
-        return merge_adapter(PeftModel.from_pretrained(model, folder / "adapter"))
-    from safetensors.torch import load_model
-
-    load_model(model, str(folder / "model.safetensors"))
-    return model
-
-
 def align(
     model,
-    model_cfg: dict,
-    tokenizer,
-    pools: Pools,
+    context: JobContext,
     examples: list[Pair],
     settings: AlignSettings,
     defense,
     key: str,
-    cache_dir: str | Path,
-    trainer_cfg: dict,
-    logger,
-    output_dir: str,
     merge: bool = True,
 ) -> tuple[Any, dict[str, float]]:
     """The aligned model (from the cache, or trained now and cached) and the stage's metrics.
@@ -166,59 +122,35 @@ def align(
     ``align/optimizer_steps`` is the steps the stored alignment was trained for (read from the entry
     when it is reused; absent for entries written before it was recorded).
     """
-    entry = Path(cache_dir).expanduser() / "aligned" / key
+    entry = context.cache_dir / "aligned" / key
     if not (entry / "meta.json").is_file():
         with exclusive(entry, "the same alignment"):
             if not (entry / "meta.json").is_file():  # another job may have stored it while we waited
-                return _train(
-                    model,
-                    model_cfg,
-                    tokenizer,
-                    pools,
-                    examples,
-                    settings,
-                    defense,
-                    entry,
-                    trainer_cfg,
-                    logger,
-                    output_dir,
-                    merge,
-                )
+                return _train(model, context, examples, settings, defense, entry, merge)
     log.info("alignment: reusing %s", entry)
     metrics = {"align/cached": 1.0, "time/align_s": 0.0}
     steps = read_json(entry / "meta.json").get("optimizer_steps")
     if steps is not None:
         metrics["align/optimizer_steps"] = float(steps)
-    return _load(model, settings.adapter.kind, entry, merge), metrics
+    return load_weights(model, settings.adapter.kind, entry, merge), metrics
 
 
 def _train(
-    model,
-    model_cfg,
-    tokenizer,
-    pools,
-    examples,
-    settings: AlignSettings,
-    defense,
-    entry: Path,
-    trainer_cfg,
-    logger,
-    output_dir,
-    merge: bool = True,
+    model, context: JobContext, examples: list[Pair], settings: AlignSettings, defense, entry: Path, merge: bool
 ):
     """Train the alignment and store it as ``entry``."""
     key, adapter_kind = entry.name, settings.adapter.kind
     started = time.perf_counter()
     if settings.benign_targets == "self":
-        benign = set(pools.align_benign)
+        benign = set(context.pools.align_benign)
         distilled = iter(
             self_distilled(
                 model,
-                tokenizer,
+                context.tokenizer,
                 [p for p in examples if p in benign],
                 settings.self_max_new_tokens,
-                entry.parent.parent,
-                model_cfg,
+                context.cache_dir,
+                context.model_cfg,
             )
         )
         examples = [next(distilled) if p in benign else p for p in examples]
@@ -226,17 +158,19 @@ def _train(
     pl.seed_everything(settings.seed, workers=True, verbose=False)
     trainable = apply_adapter(model, **settings.adapter.model_dump(exclude_none=True), seed=settings.seed)
     loader, streams = stage_loaders(
-        defense, pools, examples, tokenizer, settings.max_length, settings.batch_size, settings.seed
+        defense, context.pools, examples, context.tokenizer, settings.max_length, settings.batch_size, settings.seed
     )
     optim = Optim(**settings.optim.model_dump())
-    module = SafetyModule(trainable, tokenizer, defense, optim, stage="align", pools=pools, streams=streams)
+    module = SafetyModule(
+        trainable, context.tokenizer, defense, optim, stage="align", pools=context.pools, streams=streams
+    )
     module.defense_start = settings.defense_start
     fit(
         module,
         loader,
-        trainer_cfg,
-        logger,
-        output_dir,
+        context.trainer_cfg,
+        context.logger,
+        str(context.output_dir),
         epochs=settings.epochs,
         max_steps=settings.max_steps,
         grad_accum=settings.grad_accum,
@@ -247,29 +181,3 @@ def _train(
     store(trainable, adapter_kind, entry, {**meta, "optimizer_steps": steps})
     metrics = {"align/cached": 0.0, "time/align_s": seconds, "align/optimizer_steps": float(steps)}
     return (merge_adapter(trainable) if merge else trainable), metrics
-
-
-def store(model, adapter_kind: str, entry: Path, meta: dict) -> None:
-    """Write the entry into a temporary folder, then rename it into place in one step."""
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=entry.parent))
-    try:
-        save_weights(model, adapter_kind, tmp)
-        write_json_atomic(tmp / "meta.json", {**meta, "created": time.time()})
-        os.replace(tmp, entry)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (entry / "meta.json").is_file():
-            raise
-        # Another job stored the same entry first (same key, same weights): keep theirs.
-
-
-def cached_json(path: Path, compute) -> Any:
-    """``compute()`` once per path (under the cache lock); later calls, and jobs that waited, read it."""
-    if not path.is_file():
-        with exclusive(path):
-            if not path.is_file():
-                value = compute()
-                write_json_atomic(path, value)
-                return value
-    return read_json(path)

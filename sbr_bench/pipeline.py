@@ -27,10 +27,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from sbr_bench import alignment, runtime, search
-from sbr_bench.attack import attack_set_from_config, num_harmful
+from sbr_bench import alignment, cache, runtime, search
 from sbr_bench.attacks import probes
+from sbr_bench.attacks.attack_set import attack_set_from_config, num_harmful
 from sbr_bench.attacks.distance_cap import DistanceCap
+from sbr_bench.context import JobContext
 from sbr_bench.data.formatting import apply_prompt_format, with_prompt_format
 from sbr_bench.defenses.base import Defense
 from sbr_bench.defenses.none import NoDefense
@@ -42,15 +43,15 @@ from sbr_bench.evaluation.records import describe
 from sbr_bench.io import write_json_atomic, write_jsonl_atomic
 from sbr_bench.judges.base import check_judge
 from sbr_bench.models.adapters import apply_adapter
-from sbr_bench.module import Optim, SafetyModule
 from sbr_bench.settings import AlignSettings, AttackSettings, EvalSettings, validate_job
-from sbr_bench.training import fit, stage_loaders
+from sbr_bench.training.fit import fit, stage_loaders
+from sbr_bench.training.module import Optim, SafetyModule
 from sbr_bench.wandb_run import log_generations, make_logger, run_name
 
 log = logging.getLogger(__name__)
 
 
-def container(node) -> Any:
+def resolved(node) -> Any:
     """A resolved plain-Python copy of a config node (None stays None)."""
     return OmegaConf.to_container(node, resolve=True) if node is not None else None
 
@@ -91,7 +92,7 @@ def stage_defenses(cfg: DictConfig) -> dict[str, tuple[Defense, dict | None]]:
                 f"{other} and {slot} both act in the {defense.stage} stage; stack defenses of different stages "
                 f"(e.g. defense=sbr defense@stack=vaccine)"
             )
-        chosen[defense.stage] = (slot, defense, container(node))
+        chosen[defense.stage] = (slot, defense, resolved(node))
     return {stage: (chosen[stage][1], chosen[stage][2]) if stage in chosen else (NoDefense(), None) for stage in STAGES}
 
 
@@ -120,15 +121,15 @@ def run(cfg: DictConfig) -> dict[str, float]:
     settings = validate_job(cfg)  # types, ranges and keys of every group (sbr_bench/settings.py)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    trainer_cfg = container(cfg.trainer)
-    eval_cfg = container(cfg.eval)
+    trainer_cfg = resolved(cfg.trainer)
+    eval_cfg = resolved(cfg.eval)
     cache_dir = Path(cfg.paths.cache_dir).expanduser()
     device = eval_device(trainer_cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     pools = instantiate(cfg.data)
     prompt_format = settings.prompt_format
-    model_cfg = with_prompt_format(container(cfg.model), prompt_format)  # the caches' view of the model
+    model_cfg = with_prompt_format(resolved(cfg.model), prompt_format)  # the caches' view of the model
     defenses = stage_defenses(cfg)
     for defense, _ in defenses.values():
         defense.check(pools)
@@ -143,7 +144,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     attack_probes = probes.settings(attack)  # extra harmful scores of the variant (trigger, refusal prefix)
     distance_cap = DistanceCap(**attack.distance_cap.model_dump()) if attack.distance_cap else None
     monitors = attack_monitors(eval_cfg, pools, judge, run_evaluation)  # eval.during_attack, eval.diagnostics
-    align_cfg = container(cfg.get("align"))  # the alignment cache key hashes the config as written
+    align_cfg = resolved(cfg.get("align"))  # the alignment cache key hashes the config as written
     align_defense, align_defense_cfg = defenses["align"]
     if settings.align is None and align_defense_cfg is not None:
         raise ConfigError(
@@ -154,6 +155,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     model, tokenizer = instantiate(cfg.model)
     apply_prompt_format(tokenizer, prompt_format)  # chat: the model's own template; alpaca: the protocol's
     logger = make_logger(cfg)
+    context = JobContext(model_cfg, tokenizer, pools, trainer_cfg, logger, output_dir, cache_dir)
     metrics: dict[str, float] = {"attack/num_samples": float(len(attack_set))}
     if pools.attack_fixed is None:  # a ready-made attack file does not say which of its samples are harmful
         metrics["attack/num_harmful"] = float(num_harmful(attack.num_samples, attack.poison_ratio))
@@ -166,24 +168,18 @@ def run(cfg: DictConfig) -> dict[str, float]:
         key = alignment.alignment_key(model_cfg, align_cfg, align_defense_cfg, examples, environment)
         model, align_metrics = alignment.align(
             model,
-            model_cfg,
-            tokenizer,
-            pools,
+            context,
             examples,
             settings.align,
             align_defense,
             key,
-            cache_dir,
-            trainer_cfg,
-            logger,
-            str(output_dir),
             merge=settings.adapter.kind != "continue",  # adapter=continue: the attack trains this LoRA
         )
         before_dir = cache_dir / "aligned" / key
         ran["align"] = alignment_record(settings.align, examples, align_metrics, key)
     else:
         align_metrics = {"align/cached": 0.0, "time/align_s": 0.0}
-        before_dir = cache_dir / "base" / alignment.digest(alignment.model_identity(model_cfg))
+        before_dir = cache_dir / "base" / cache.digest(cache.model_identity(model_cfg))
         ran["align"] = None
     metrics.update(align_metrics)
 
@@ -194,19 +190,19 @@ def run(cfg: DictConfig) -> dict[str, float]:
         # The monitors of the attack (eval.during_attack, eval.diagnostics) do not change this evaluation.
         unscored = ("during_attack", "diagnostics", "backend", "continuous", "vllm")  # the backend: below
         scored = {k: v for k, v in eval_cfg.items() if k not in unscored}
-        key_parts = {"eval": scored, "judge": container(cfg.judge), "data": eval_data(pools)}
+        key_parts = {"eval": scored, "judge": resolved(cfg.judge), "data": eval_data(pools)}
         key_parts.update(backends.cache_key_part(eval_cfg))  # hf: the keys it always had
         if attack_probes:  # only then: the plain attack keeps the cache entries it always had
             key_parts["attack_probes"] = attack_probes
         if settings.adapter.kind == "continue":  # the unmerged adapter: rounding differs from merged weights
             key_parts["unmerged"] = True
-        eval_key = alignment.digest(key_parts)
+        eval_key = cache.digest(key_parts)
 
         def evaluate_aligned() -> dict:
             scores, records = run_evaluation(model, tokenizer, pools, judge, eval_cfg, attack_probes)
             return {"metrics": scores, "records": records}
 
-        before = alignment.cached_json(before_dir / f"before_attack-{eval_key}.json", evaluate_aligned)
+        before = cache.cached_json(before_dir / f"before_attack-{eval_key}.json", evaluate_aligned)
         metrics.update({f"align/{k}": v for k, v in before["metrics"].items()})
         generations += [{"stage": "before_attack", **r} for r in before["records"]]
 
@@ -269,7 +265,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     # 5. record (the attack's weights only when asked: adapter only for LoRA, never a base-model copy)
     if attack.keep_adapter:
-        alignment.save_weights(trainable, "full" if settings.adapter.kind == "full" else "lora", output_dir)
+        cache.save_weights(trainable, "full" if settings.adapter.kind == "full" else "lora", output_dir)
     generator = run_name(cfg)  # the answers' name for leaderboards and outside judges (as the W&B run)
     generations = [describe(r, pools.harm_categories, generator) for r in generations]
     write_jsonl_atomic(output_dir / "generations.jsonl", generations)
@@ -366,7 +362,7 @@ def eval_record(eval_settings: EvalSettings, records: list[dict]) -> dict:
 def eval_data(pools) -> str:
     """Hash of the evaluation prompts (a cached evaluation is valid only for the same prompts)."""
     task = [[p.prompt, p.response] for p in pools.task_test]
-    return alignment.digest([pools.eval_harmful, pools.eval_benign, task, pools.task.key])  # + the answer check
+    return cache.digest([pools.eval_harmful, pools.eval_benign, task, pools.task.key])  # + the answer check
 
 
 def run_evaluation(model, tokenizer, pools, judge, eval_cfg: dict, attack_probes: dict | None = None):

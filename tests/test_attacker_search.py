@@ -16,7 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import compose_config
+from helpers import compose_config
 from omegaconf import OmegaConf
 from test_cli import sbr_bench
 
@@ -191,7 +191,7 @@ def test_a_killed_search_resumes_the_study_without_running_finished_trials_again
     sweep = tmp_path / "search"
     env = {**os.environ, "SBR_BENCH_CACHE": str(shared_cache), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sbr_bench.cli", *search_args(sweep, 8)],
+        [sys.executable, "-m", "sbr_bench.cli.run", *search_args(sweep, 8)],
         cwd=tmp_path,
         env=env,
         stderr=subprocess.PIPE,

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from sbr_bench.attack import attack_set_from_config, build_attack_set
+from sbr_bench.attacks.attack_set import attack_set_from_config, build_attack_set
 from sbr_bench.attacks.distance_cap import DistanceCap
 from sbr_bench.attacks.probes import probe_evaluation, settings, strip_prefix
 from sbr_bench.errors import ConfigError
@@ -76,7 +76,7 @@ def test_attacker_knobs_compose_into_a_multirun_grid(tmp_path):
     """The knobs of a sweep over lr, epochs, rank / full fine-tuning, n and data seed compose at every grid point."""
     from itertools import product
 
-    from conftest import compose_config
+    from helpers import compose_config
 
     grid = list(product(["backdoor", "distance_cap"], ["1e-4", "1e-3"], [1, 2], [4, 8], [50, 100], [0, 1]))
     assert len(grid) == 64
@@ -217,8 +217,8 @@ def test_probe_settings_are_empty_for_the_plain_attack(make_cfg):
 
 def test_rank1_frozen_a_trains_b_only_and_keeps_a_bit_identical(toy, pools, tmp_path):
     from sbr_bench.defenses.none import NoDefense
-    from sbr_bench.module import Optim, SafetyModule
-    from sbr_bench.training import fit, make_loader
+    from sbr_bench.training.fit import fit, make_loader
+    from sbr_bench.training.module import Optim, SafetyModule
 
     model, tokenizer = toy
     wrapped = apply_adapter(copy.deepcopy(model), kind="lora", r=1, alpha=1, freeze_lora_a=True, seed=3)

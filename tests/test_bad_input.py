@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 import torch
 from bad_input_cases import CASES, NO_CUDA_CASE, NO_OPTUNA_CASE, NO_VLLM_CASE, matches, write_files
-from conftest import compose_config
+from helpers import compose_config
 
+from sbr_bench.cli.launchers import installed, missing_plugin
+from sbr_bench.cli.precheck import problem
 from sbr_bench.job import run_job
-from sbr_bench.launchers import installed, missing_plugin
-from sbr_bench.precheck import problem
 
 ALL = [*CASES, NO_CUDA_CASE, NO_OPTUNA_CASE, NO_VLLM_CASE]
 # One case of each way a command stops: the pre-check's settings schema, a plug-in's signature, a sweep
@@ -101,7 +101,7 @@ def as_a_user(files, tmp_path_factory) -> dict[str, tuple[int, str, Path]]:
         job = root / str(i) / "job"
         job.parent.mkdir()
         args = [a.replace("{files}", str(files)) for a in args]
-        command = [sys.executable, "-m", "sbr_bench.cli", *args, f"hydra.run.dir={job}", f"hydra.sweep.dir={job}"]
+        command = [sys.executable, "-m", "sbr_bench.cli.run", *args, f"hydra.run.dir={job}", f"hydra.sweep.dir={job}"]
         with (job.parent / "stderr").open("w") as stderr:  # the child keeps its own copy of the handle
             proc = subprocess.Popen(command, cwd=job.parent, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
         running[name] = (proc, job)

@@ -62,7 +62,7 @@ def test_two_concurrent_jobs_sharing_an_alignment_train_it_once(tmp_path):
             [
                 sys.executable,
                 "-m",
-                "sbr_bench.cli",
+                "sbr_bench.cli.run",
                 "model=toy",
                 "debug=fast",
                 "align.max_steps=120",

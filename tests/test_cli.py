@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def sbr_bench(args, cwd, cache, timeout=600, env=None):
     env = {**os.environ, "SBR_BENCH_CACHE": str(cache), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "sbr_bench.cli", *args],
+        [sys.executable, "-m", "sbr_bench.cli.run", *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -123,7 +123,9 @@ def test_each_wandb_run_holds_a_table_of_its_generations_with_their_verdicts(swe
 
 def test_report_prints_the_sweep_table(sweep):
     result = subprocess.run(
-        [sys.executable, "-m", "sbr_bench.report", str(sweep), "--format", "markdown"], capture_output=True, text=True
+        [sys.executable, "-m", "sbr_bench.cli.report", str(sweep), "--format", "markdown"],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()

@@ -133,4 +133,4 @@ def test_quickstart_sweeps_four_defenses_on_smollm2(make_cfg):
     cfg = make_cfg(["experiment=quickstart"])
     assert cfg.hydra.sweeper.params.defense == "none,sbr,vaccine,repnoise"
     assert cfg.model.name == "smollm2_135m" and cfg.attack.poison_ratio == 0.1
-    assert cfg.hydra.callbacks.report._target_ == "sbr_bench.report.ReportCallback"
+    assert cfg.hydra.callbacks.report._target_ == "sbr_bench.reporting.callback.ReportCallback"

@@ -14,7 +14,7 @@ import pytest
 from hydra.utils import instantiate
 
 from sbr_bench.data import hub, local
-from sbr_bench.data.bundled import Pair
+from sbr_bench.data.pools import Pair
 from sbr_bench.data.tasks import AGNEWS_INSTRUCTION, INPUT_SEPARATOR, SST2_INSTRUCTION, sst2
 from sbr_bench.errors import ConfigError
 from sbr_bench.job import user_error
@@ -159,7 +159,7 @@ def test_beavertails_pairing_says_when_too_few_prompts_pair(make_cfg, hub_copies
 
 def test_repnoise_with_paired_diff_runs_a_toy_job_on_hub_layout_data(hub_copies, tmp_path, shared_cache):
     """The official RepNoise mask needs each harmful prompt's refusal: the paired hub pools give it."""
-    from conftest import compose_config
+    from helpers import compose_config
 
     from sbr_bench.job import run_job
 
@@ -334,7 +334,7 @@ def test_every_data_option_composes(make_cfg, option):
 
 
 def test_toy_job_reads_a_mixed_attack_file_and_an_sst2_test_file(tmp_path, pools, shared_cache):
-    from conftest import compose_config
+    from helpers import compose_config
 
     from sbr_bench.job import run_job
 

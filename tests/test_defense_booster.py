@@ -9,14 +9,14 @@ import torch
 from helpers import check_settings
 from torch.func import functional_call
 
-from sbr_bench.data.bundled import Pair
+from sbr_bench.data.pools import Pair
 from sbr_bench.defenses.booster import Booster
 from sbr_bench.defenses.none import NoDefense
 from sbr_bench.defenses.vaccine import Vaccine
 from sbr_bench.errors import ConfigError
 from sbr_bench.models.adapters import apply_adapter
-from sbr_bench.module import Optim, SafetyModule
-from sbr_bench.training import fit, make_loader, stage_loaders
+from sbr_bench.training.fit import fit, make_loader, stage_loaders
+from sbr_bench.training.module import Optim, SafetyModule
 
 LAM, ALPHA = 5.0, 0.1
 

@@ -6,14 +6,14 @@ import json
 import textwrap
 
 import pytest
-from conftest import compose_config
+from helpers import compose_config
 from test_cli import sbr_bench
 
 from sbr_bench.errors import ConfigError
 from sbr_bench.job import run_job
 from sbr_bench.pipeline import defense_names, stage_defenses
 
-# The README's "Adding a defense" example, written as a user would: a folder outside the package
+# The "Adding a defense" example of docs/adding-a-defense.md, written as a user would: a folder outside the package
 # holding a YAML option and an importable module.
 EXTERNAL_YAML = """\
 # Adapter weight decay: lam * sum of squared trainable weights (a toy example of an external defense).
@@ -92,7 +92,7 @@ def test_external_defense_from_a_search_path_runs_on_the_toy_model(where, plugin
 def test_an_external_option_is_known_to_the_one_line_checks(where, plugin, monkeypatch):
     """The option check asks Hydra's own repository (so it sees every search path), and the external
     defense's settings are checked from its annotations, before anything runs (sbr-bench's pre-check)."""
-    from sbr_bench.precheck import problem
+    from sbr_bench.cli.precheck import problem
 
     monkeypatch.syspath_prepend(str(plugin))
     where_args = SEARCH_PATHS[where](plugin)

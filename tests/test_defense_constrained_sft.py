@@ -12,14 +12,14 @@ import torch
 import torch.nn.functional as F
 from helpers import check_settings
 
-from sbr_bench.data.bundled import Pair
 from sbr_bench.data.formatting import IGNORE_INDEX
+from sbr_bench.data.pools import Pair
 from sbr_bench.defenses.constrained_sft import ConstrainedSFT
 from sbr_bench.defenses.none import NoDefense
 from sbr_bench.errors import ConfigError
 from sbr_bench.models.adapters import apply_adapter
-from sbr_bench.module import Optim, SafetyModule
-from sbr_bench.training import make_loader
+from sbr_bench.training.fit import make_loader
+from sbr_bench.training.module import Optim, SafetyModule
 
 
 @pytest.fixture

@@ -9,14 +9,14 @@ import pytest
 import torch
 from helpers import check_settings
 
-from sbr_bench.data.bundled import Pair
+from sbr_bench.data.pools import Pair
 from sbr_bench.defenses.ewc import EWC
 from sbr_bench.defenses.l2sp import L2SP
 from sbr_bench.defenses.none import NoDefense
 from sbr_bench.errors import ConfigError
 from sbr_bench.models.adapters import apply_adapter
-from sbr_bench.module import Optim, SafetyModule
-from sbr_bench.training import fit, stage_loaders
+from sbr_bench.training.fit import fit, stage_loaders
+from sbr_bench.training.module import Optim, SafetyModule
 
 MAX_LENGTH, BATCH_SIZE = 128, 8
 

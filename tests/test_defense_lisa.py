@@ -9,12 +9,12 @@ import pytest
 import torch
 from helpers import check_settings
 
-from sbr_bench.data.bundled import Pair
+from sbr_bench.data.pools import Pair
 from sbr_bench.defenses.lisa import Lisa, scaled_steps
 from sbr_bench.errors import ConfigError
 from sbr_bench.models.adapters import apply_adapter
-from sbr_bench.module import Optim, SafetyModule
-from sbr_bench.training import fit, stage_loaders
+from sbr_bench.training.fit import fit, stage_loaders
+from sbr_bench.training.module import Optim, SafetyModule
 
 ALIGN_BATCH = {"input_ids": torch.zeros(2, 3, dtype=torch.long)}
 USER_BATCH = {"input_ids": torch.ones(2, 3, dtype=torch.long)}

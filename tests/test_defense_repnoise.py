@@ -11,15 +11,15 @@ import pytorch_lightning as pl
 import torch
 from helpers import check_settings
 
-from sbr_bench.data.bundled import Pair
 from sbr_bench.data.formatting import IGNORE_INDEX, encode_pair
+from sbr_bench.data.pools import Pair
 from sbr_bench.defenses import repnoise
 from sbr_bench.defenses.none import NoDefense
 from sbr_bench.defenses.repnoise import LinearCrossEntropy, RepNoise, mmd
 from sbr_bench.errors import ConfigError
 from sbr_bench.models.adapters import apply_adapter
-from sbr_bench.module import Optim, SafetyModule
-from sbr_bench.training import make_loader, stage_loaders
+from sbr_bench.training.fit import make_loader, stage_loaders
+from sbr_bench.training.module import Optim, SafetyModule
 
 
 def mmd_by_hand(x: torch.Tensor, y: torch.Tensor, kernel_num: int = 5, kernel_mul: float = 2.0) -> torch.Tensor:

@@ -8,11 +8,11 @@ import pytest
 from helpers import check_settings
 from hydra.utils import instantiate
 
-from sbr_bench.data.bundled import Pair
 from sbr_bench.data.formatting import encode_pair
+from sbr_bench.data.pools import Pair
 from sbr_bench.defenses.safety_mix import SafetyMix
 from sbr_bench.errors import ConfigError
-from sbr_bench.training import stage_loaders
+from sbr_bench.training.fit import stage_loaders
 
 
 def encoded(tokenizer, pairs, max_length=128):

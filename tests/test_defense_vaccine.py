@@ -10,13 +10,13 @@ import pytest
 import torch
 from helpers import check_settings
 
-from sbr_bench.data.bundled import Pair
+from sbr_bench.data.pools import Pair
 from sbr_bench.defenses.none import NoDefense
 from sbr_bench.defenses.vaccine import Vaccine, attention_perturbation
 from sbr_bench.errors import ConfigError
 from sbr_bench.models.adapters import apply_adapter
-from sbr_bench.module import Optim, SafetyModule
-from sbr_bench.training import fit, make_loader
+from sbr_bench.training.fit import fit, make_loader
+from sbr_bench.training.module import Optim, SafetyModule
 
 RHO = 2.0
 

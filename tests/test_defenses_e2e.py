@@ -10,7 +10,7 @@ import json
 import math
 
 import pytest
-from conftest import compose_config, needs_smollm2
+from helpers import compose_config, needs_smollm2
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 

@@ -53,7 +53,7 @@ def read(folder, name="metrics.json"):
 
 @pytest.fixture(scope="module")
 def jobs(tmp_path_factory):
-    from conftest import compose_config
+    from helpers import compose_config
 
     root = tmp_path_factory.mktemp("monitor")
     for name, overrides in JOBS.items():

@@ -131,7 +131,8 @@ def test_the_runs_of_a_preset_get_distinct_wandb_names(args, count, first, tmp_p
     from hydra.types import RunMode
     from omegaconf import open_dict
 
-    from sbr_bench import precheck, runtime
+    from sbr_bench import runtime
+    from sbr_bench.cli import precheck
     from sbr_bench.wandb_run import run_name
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # the paper preset names hub models

@@ -162,10 +162,10 @@ def test_vllm_backend_checks_its_interpreter_before_any_model_loads(tmp_path, mo
 
 
 def test_the_cache_key_holds_the_backend_except_hf(make_cfg):
-    from sbr_bench.pipeline import container
+    from sbr_bench.pipeline import resolved
 
     def part(*overrides):
-        return backends.cache_key_part(container(make_cfg(["model=toy", *overrides]).eval))
+        return backends.cache_key_part(resolved(make_cfg(["model=toy", *overrides]).eval))
 
     assert part() == {}
     assert part("eval.continuous.page_size=64") == {}  # hf: the other backends' options do not count

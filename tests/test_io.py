@@ -8,6 +8,7 @@ import os
 import pytest
 
 from sbr_bench import alignment
+from sbr_bench.context import JobContext
 from sbr_bench.io import write_json_atomic, write_text_atomic
 
 
@@ -38,8 +39,8 @@ def test_a_half_written_alignment_entry_is_never_served(tmp_path, monkeypatch):
     entry.mkdir(parents=True)
     (entry / "adapter").mkdir()  # weights written, meta.json not
     trained = []
-    monkeypatch.setattr(alignment, "_train", lambda *a, **k: trained.append(a[7]) or ("model", {"align/cached": 0.0}))
-    monkeypatch.setattr(alignment, "_load", lambda *a: pytest.fail("a half-written entry was loaded"))
-    align_cfg = {"adapter": {"kind": "lora"}}
-    _, figures = alignment.align(None, {}, None, None, [], align_cfg, None, "abc", tmp_path, {}, None, "")
-    assert trained == [entry] and figures["align/cached"] == 0.0
+    monkeypatch.setattr(alignment, "_train", lambda *a, **k: trained.append(a[5]) or ("model", {"align/cached": 0.0}))
+    monkeypatch.setattr(alignment, "load_weights", lambda *a: pytest.fail("a half-written entry was loaded"))
+    context = JobContext({}, None, None, {}, None, tmp_path, tmp_path)
+    _, metrics = alignment.align(None, context, [], None, None, "abc")
+    assert trained == [entry] and metrics["align/cached"] == 0.0

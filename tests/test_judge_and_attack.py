@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from sbr_bench.attack import build_attack_set, num_harmful
+from sbr_bench.attacks.attack_set import build_attack_set, num_harmful
 from sbr_bench.errors import ConfigError
 from sbr_bench.evaluation.evaluate import label_correct
 from sbr_bench.judges.keyword import KeywordJudge, is_refusal

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 from test_cli import sbr_bench
 
-from sbr_bench import report
+from sbr_bench.cli import judge as judge_cli
+from sbr_bench.cli import report
+from sbr_bench.cli.export import main as export
 from sbr_bench.evaluation.records import prompt_id
-from sbr_bench.export import main as export
-from sbr_bench.judges import rejudge
 from sbr_bench.judges.imported import ImportedJudge
 
 T_975_DF1 = 12.706204736174707  # Student's t quantile for two seeds (tables: 12.706)
@@ -54,7 +54,7 @@ def sweep(tmp_path_factory, shared_cache) -> Path:
     args = ["-m", "model=toy", "debug=fast", *attack, "defense=none,sbr", "seed=0,1", f"hydra.sweep.dir={root}"]
     result = sbr_bench(args, cwd=root.parent, cache=shared_cache)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert rejudge.main([str(root), "judge=keyword", "judge.name=no_the", "judge.phrases=[the]", "--wandb"]) == 0
+    assert judge_cli.main([str(root), "judge=keyword", "judge.name=no_the", "judge.phrases=[the]", "--wandb"]) == 0
     return root
 
 
@@ -128,7 +128,7 @@ def test_report_judge_puts_the_second_judges_hs_in_the_tables_and_csv(sweep, tmp
 
 def test_report_judge_that_scored_nothing_is_one_line_and_exit_2(sweep, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "sbr_bench.report", str(sweep), "--judge", "gpt", "--out", str(tmp_path)],
+        [sys.executable, "-m", "sbr_bench.cli.report", str(sweep), "--judge", "gpt", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
     )
@@ -212,7 +212,7 @@ def test_imported_verdicts_give_the_same_hs_as_the_direct_judge(sweep, tmp_path)
         writer = csv.DictWriter(fh, fieldnames=list(labelled[0]))
         writer.writeheader()
         writer.writerows(labelled)
-    assert rejudge.main([str(sweep), "judge=imported", f"judge.path={verdicts}", "judge.name=outside"]) == 0
+    assert judge_cli.main([str(sweep), "judge=imported", f"judge.path={verdicts}", "judge.name=outside"]) == 0
     for job in jobs(sweep).values():
         metrics = json.loads((job / "metrics.json").read_text())
         for prefix in ("align", "eval"):
@@ -246,7 +246,7 @@ def test_imported_judge_reads_harmbench_results_and_scores_and_misses_what_it_la
 def test_imported_judge_without_a_verdict_column_is_one_line_and_exit_2(sweep, tmp_path, capsys):
     bad = tmp_path / "bad.csv"
     bad.write_text("prompt,response,verdict_text\np,a,x\n")
-    assert rejudge.main([str(sweep), "judge=imported", f"judge.path={bad}"]) == 2
+    assert judge_cli.main([str(sweep), "judge=imported", f"judge.path={bad}"]) == 2
     assert capsys.readouterr().err.strip() == (
         f"sbr-bench-judge: error: judge.path={bad}: no verdict column harmful/label/score; "
         "name it with judge.column=<column>"

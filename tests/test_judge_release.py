@@ -36,7 +36,7 @@ def test_keep_loaded_keeps_them(beaverdam_dir):  # noqa: F811
 @pytest.mark.parametrize("keep_loaded", [False, True])
 def test_no_judge_weights_are_alive_during_the_attack(beaverdam_dir, tmp_path, shared_cache, monkeypatch, keep_loaded):  # noqa: F811
     """A toy job judged by BeaverDam: at the start of the attack, the judge's model is gone (unless kept)."""
-    from conftest import compose_config
+    from helpers import compose_config
 
     from sbr_bench import pipeline
 

@@ -39,7 +39,7 @@ def run_sweep(args: list[str], cache: Path, threads: int | None = None, timeout:
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
     return subprocess.run(
-        [sys.executable, "-m", "sbr_bench.cli", "-m", *args],
+        [sys.executable, "-m", "sbr_bench.cli.run", "-m", *args],
         cwd=cache.parent,
         env=env,
         capture_output=True,
@@ -157,7 +157,7 @@ def test_slurm_option_composes_on_the_command_line(tmp_path):
     """``--cfg hydra`` as a user would check it before submitting (no SLURM needed)."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[slurm]'")
     result = subprocess.run(
-        [sys.executable, "-m", "sbr_bench.cli", "model=toy", "hydra/launcher=slurm", "--cfg", "hydra"],
+        [sys.executable, "-m", "sbr_bench.cli.run", "model=toy", "hydra/launcher=slurm", "--cfg", "hydra"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -172,7 +172,7 @@ def test_slurm_option_composes_on_the_command_line(tmp_path):
 
 
 def test_a_launcher_whose_plugin_is_missing_names_the_extra(monkeypatch):
-    from sbr_bench import launchers
+    from sbr_bench.cli import launchers
 
     monkeypatch.setattr(launchers, "installed", lambda package: package != "hydra_plugins.hydra_ray_launcher")
     assert launchers.missing_plugin(["-m", "hydra/launcher=joblib"]) is None
@@ -185,7 +185,7 @@ def test_a_launcher_whose_plugin_is_missing_names_the_extra(monkeypatch):
 def test_a_mistyped_launcher_is_one_line_listing_the_plugins_options(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="pip install -e '.[joblib]'")
     result = subprocess.run(
-        [sys.executable, "-m", "sbr_bench.cli", "-m", "model=toy", "hydra/launcher=jobli"],
+        [sys.executable, "-m", "sbr_bench.cli.run", "-m", "model=toy", "hydra/launcher=jobli"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -260,7 +260,7 @@ def test_submitit_local_sweep_gives_exactly_the_basic_launchers_numbers(sweeps):
 
 
 def test_a_search_without_the_optuna_extra_names_it_and_the_grid(monkeypatch):
-    from sbr_bench import launchers
+    from sbr_bench.cli import launchers
 
     monkeypatch.setattr(launchers, "installed", lambda package: package != "hydra_plugins.hydra_optuna_sweeper")
     assert launchers.missing_plugin(["-m", "experiment=attacker_grid_cpu"]) is None

@@ -14,8 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from test_cli import sbr_bench
 
+from sbr_bench.cli import judge as judge_cli
 from sbr_bench.errors import ConfigError
-from sbr_bench.judges import rejudge
 from sbr_bench.judges.base import harmful_metrics
 from sbr_bench.judges.llm_api import LLMApiJudge, parse_rating
 
@@ -232,7 +232,7 @@ def write_job(folder, responses):
 def test_rejudging_with_the_api_judge_leaks_no_key(server, tmp_path, capsys):
     job = tmp_path / "job"
     write_job(job, ["RATE0", "RATE2", "RATE5", "RATEx"])
-    code = rejudge.main(
+    code = judge_cli.main(
         [
             str(job),
             "judge=llm_api",
@@ -260,7 +260,7 @@ def test_rejudge_without_the_key_is_one_line(tmp_path, monkeypatch, capsys):
     pytest.importorskip("openai", reason="pip install -e '.[openai]'")  # check() looks for it first
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     write_job(tmp_path / "job", ["RATE0"])
-    assert rejudge.main([str(tmp_path / "job"), "judge=llm_api"]) == 2
+    assert judge_cli.main([str(tmp_path / "job"), "judge=llm_api"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "sbr-bench-judge: error: judge=llm_api needs an API key in the environment variable OPENAI_API_KEY "
         "(export OPENAI_API_KEY=...)"
@@ -284,7 +284,7 @@ def test_rejudge_without_the_openai_package_is_one_line(tmp_path, monkeypatch, c
     monkeypatch.setitem(sys.modules, "openai", None)
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     write_job(tmp_path / "job", ["RATE0"])
-    assert rejudge.main([str(tmp_path / "job"), "judge=llm_api"]) == 2
+    assert judge_cli.main([str(tmp_path / "job"), "judge=llm_api"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "sbr-bench-judge: error: judge=llm_api needs the openai package, which is not installed: "
         "pip install 'sbr-bench[openai]'"

@@ -7,7 +7,7 @@ import importlib.util
 
 import pytest
 import torch
-from conftest import needs_smollm2
+from helpers import needs_smollm2
 
 from sbr_bench.data.formatting import IGNORE_INDEX, PadCollator, encode_pair, render_prompt
 from sbr_bench.defenses.none import NoDefense
@@ -15,7 +15,7 @@ from sbr_bench.errors import ConfigError
 from sbr_bench.models import hub, lm_head_input, smollm2
 from sbr_bench.models import toy as toy_tier
 from sbr_bench.models.adapters import apply_adapter
-from sbr_bench.module import Optim, SafetyModule
+from sbr_bench.training.module import Optim, SafetyModule
 
 
 def test_toy_is_deterministic(toy):

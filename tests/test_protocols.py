@@ -18,7 +18,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf._utils import get_yaml_loader
 
-from sbr_bench import precheck
+from sbr_bench.cli import precheck
 from sbr_bench.settings import validate_job
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "protocols.md"

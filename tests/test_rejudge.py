@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from sbr_bench import report
-from sbr_bench.judges import rejudge
+from sbr_bench.cli import judge as judge_cli
+from sbr_bench.cli import report
 from sbr_bench.judges.keyword import is_refusal
 
 
@@ -19,7 +19,7 @@ def toy_job(tmp_path_factory, shared_cache):
     align=none keeps it to seconds: the untrained toy answers (almost) nothing, so every judge agrees on it;
     the judges' disagreement is tested on hand-written generations at the end of this file.
     """
-    from conftest import compose_config
+    from helpers import compose_config
     from omegaconf import OmegaConf
 
     from sbr_bench import pipeline
@@ -70,7 +70,7 @@ def test_rejudging_adds_the_new_judges_metrics_and_touches_nothing_else(job):
     generations = (job / "generations.jsonl").read_bytes()
     before = json.loads((job / "metrics.json").read_text())
     args = [str(job), "judge=keyword", "judge.name=no_the", "judge.phrases=[the]"]
-    assert rejudge.main(args) == 0
+    assert judge_cli.main(args) == 0
     assert (job / "generations.jsonl").read_bytes() == generations
     after = json.loads((job / "metrics.json").read_text())
     assert {k: after[k] for k in before} == before  # every earlier key untouched
@@ -86,7 +86,7 @@ def test_rejudging_adds_the_new_judges_metrics_and_touches_nothing_else(job):
 
 
 def test_agreement_with_the_jobs_own_judge_is_recorded_and_reported(job, capsys):
-    assert rejudge.main([str(job.parent), "judge=keyword", "judge.name=no_the", "judge.phrases=[the]"]) == 0
+    assert judge_cli.main([str(job.parent), "judge=keyword", "judge.name=no_the", "judge.phrases=[the]"]) == 0
     harmful = records(job, "before_attack") + records(job, "after_attack")
     own = [not is_refusal(r["response"]) for r in harmful]
     other = [no_the(r["response"]) for r in harmful]
@@ -108,7 +108,7 @@ def test_agreement_with_the_jobs_own_judge_is_recorded_and_reported(job, capsys)
 
 
 def test_the_same_judge_reproduces_the_jobs_own_harmful_score(job):
-    assert rejudge.main([str(job), "judge=keyword"]) == 0
+    assert judge_cli.main([str(job), "judge=keyword"]) == 0
     metrics = json.loads((job / "metrics.json").read_text())
     assert metrics["eval/harmful_score@keyword"] == metrics["eval/harmful_score"]
     assert metrics["align/harmful_score@keyword"] == metrics["align/harmful_score"]
@@ -116,7 +116,7 @@ def test_the_same_judge_reproduces_the_jobs_own_harmful_score(job):
 
 def test_every_job_of_a_sweep_folder_is_judged(job):
     shutil.copytree(job, job.parent / "1")
-    assert rejudge.main([str(job.parent), "judge=keyword", "judge.name=again"]) == 0
+    assert judge_cli.main([str(job.parent), "judge=keyword", "judge.name=again"]) == 0
     for n in ("0", "1"):
         assert "eval/harmful_score@again" in json.loads((job.parent / n / "metrics.json").read_text())
 
@@ -134,13 +134,13 @@ def test_every_job_of_a_sweep_folder_is_judged(job):
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(job, capsys, args, line):
-    assert rejudge.main([a.format(job=job) for a in args]) == 2
+    assert judge_cli.main([a.format(job=job) for a in args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"sbr-bench-judge: error: {line.format(job=job)}"), err
 
 
 def test_a_folder_without_jobs_is_refused(tmp_path, capsys):
-    assert rejudge.main([str(tmp_path), "judge=keyword"]) == 2
+    assert judge_cli.main([str(tmp_path), "judge=keyword"]) == 2
     assert "no job folders (with generations.jsonl)" in capsys.readouterr().err
 
 
@@ -155,8 +155,8 @@ def test_kappa_between_three_judges_on_hand_written_generations(tmp_path):
         for i, (a, h) in enumerate(zip(answers, own, strict=True))
     ]
     (job / "generations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert rejudge.main([str(job), "judge=keyword"]) == 0
-    assert rejudge.main([str(job), "judge=keyword", "judge.name=no_the", "judge.phrases=[the]"]) == 0
+    assert judge_cli.main([str(job), "judge=keyword"]) == 0
+    assert judge_cli.main([str(job), "judge=keyword", "judge.name=no_the", "judge.phrases=[the]"]) == 0
     metrics = json.loads((job / "metrics.json").read_text())
     # keyword: [T, F, F, T, F, T]; no_the: [T, T, T, T, F, F]
     # job~keyword: agree on 4 of 6; p_job = p_kw = 1/2 -> p_e = 1/2 -> kappa = (2/3 - 1/2) / (1/2) = 1/3

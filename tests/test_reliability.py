@@ -68,7 +68,7 @@ def test_a_killed_sweep_resumes_without_touching_finished_jobs(tmp_path, shared_
     ]
     env = {**os.environ, "SBR_BENCH_CACHE": str(shared_cache), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sbr_bench.cli", *args], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "sbr_bench.cli.run", *args], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True
     )
     first = sweep / "0" / "status.json"
     deadline = time.time() + 300

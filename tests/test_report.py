@@ -16,9 +16,10 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from sbr_bench import report
+from sbr_bench.cli import report
 from sbr_bench.reporting import plots
 from sbr_bench.reporting.aggregate import group
+from sbr_bench.reporting.callback import ReportCallback
 from sbr_bench.reporting.collect import collect
 from sbr_bench.reporting.stats import summarize, t_quantile
 from sbr_bench.reporting.tables import settings_csv, settings_markdown
@@ -301,7 +302,7 @@ def test_report_md_lists_the_jobs_that_did_not_finish_with_their_error(tmp_path)
 def test_the_multirun_callback_writes_the_files_and_exits_1_on_a_failed_job(tmp_path, capsys):
     sweep = sweep_with_failures(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
-        report.ReportCallback().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
+        ReportCallback().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
     assert exit_info.value.code == 1
     assert (sweep / "report.md").is_file() and (sweep / "report.csv").is_file()
     err = capsys.readouterr().err.strip().splitlines()

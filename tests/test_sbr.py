@@ -11,13 +11,13 @@ import pytorch_lightning as pl
 import torch
 from helpers import check_settings
 
-from sbr_bench.data.bundled import Pair
+from sbr_bench.data.pools import Pair
 from sbr_bench.defenses.none import NoDefense
 from sbr_bench.defenses.sbr import SBR
 from sbr_bench.errors import ConfigError
 from sbr_bench.models.adapters import apply_adapter
-from sbr_bench.module import Optim, SafetyModule
-from sbr_bench.training import make_loader
+from sbr_bench.training.fit import make_loader
+from sbr_bench.training.module import Optim, SafetyModule
 
 
 def stub_module(model, tokenizer, pools, position=(0, 1, 1)):

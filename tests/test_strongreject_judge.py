@@ -11,8 +11,8 @@ import sys
 import pytest
 from test_llm_api_judge import KEY, Server, write_job
 
+from sbr_bench.cli import judge as judge_cli
 from sbr_bench.errors import ConfigError
-from sbr_bench.judges import rejudge
 from sbr_bench.judges.base import harmful_metrics
 from sbr_bench.judges.strongreject import StrongRejectJudge, parse_grades, strongreject_score
 
@@ -184,7 +184,7 @@ def test_rejudging_with_strongreject_leaks_no_key(server, tmp_path, capsys, capl
     caplog.set_level(logging.DEBUG)  # the openai SDK's own debug log included
     job = tmp_path / "job"
     write_job(job, ["SR 0 5 5", "SR 1 4 4", "SR 0 3 4", "RAW nothing"])
-    code = rejudge.main(
+    code = judge_cli.main(
         [
             str(job),
             "judge=strongreject",

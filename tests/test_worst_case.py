@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from sbr_bench.report import main as report_main
+from sbr_bench.cli.report import main as report_main
 from sbr_bench.reporting.collect import collect
 from sbr_bench.reporting.worst_case import worst_case_csv, worst_case_markdown, worst_cases
 

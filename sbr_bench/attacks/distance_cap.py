@@ -121,7 +121,7 @@ class DistanceCap(pl.Callback):
         pl_module.log(f"{pl_module.stage}/distance", after, on_step=True, on_epoch=False)
 
     def summary(self) -> dict[str, float]:
-        """Flat figures for metrics.json: the largest distance after / before a projection, the projected steps."""
+        """Flat metrics for metrics.json: the largest distance after / before a projection, the projected steps."""
         if not self.history:
             return {}
         return {

@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sbr_bench.attack import add_trigger
+from sbr_bench.attacks.attack_set import add_trigger
 from sbr_bench.evaluation.backends import Request, make_backend
 from sbr_bench.judges.base import harmful_metrics, run_judge, verdict_fields
 

@@ -125,7 +125,7 @@ class PadCollator:
             labels[i, :n] = torch.tensor(e["labels"])
             mask[i, :n] = 1
         batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
-        if "window_tokens" in examples[0]:  # attack.ce_normalization=window (sbr_bench.training.WindowBatches)
+        if "window_tokens" in examples[0]:  # attack.ce_normalization=window (sbr_bench.training.fit.WindowBatches)
             batch["window_tokens"] = torch.tensor(examples[0]["window_tokens"])
         return batch
 

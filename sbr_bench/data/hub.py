@@ -50,7 +50,8 @@ from typing import Literal
 from typing_extensions import NotRequired, TypedDict
 
 from sbr_bench.data import bundled
-from sbr_bench.data.bundled import BenignSizes, Pair, Pools
+from sbr_bench.data.bundled import BenignSizes
+from sbr_bench.data.pools import Pair, Pools
 from sbr_bench.data.tasks import AGNEWS_LABELS, SST2_LABELS, agnews_prompt, gsm8k_prompt, gsm8k_target, make_task
 from sbr_bench.data.tasks import sst2_prompt as sst2_prompt_text
 from sbr_bench.errors import ConfigError

@@ -30,7 +30,8 @@ from typing import Any
 from typing_extensions import NotRequired, TypedDict
 
 from sbr_bench.data import bundled
-from sbr_bench.data.bundled import BenignSizes, HarmfulSizes, Pair, Pools, TaskSizes
+from sbr_bench.data.bundled import BenignSizes, HarmfulSizes, TaskSizes
+from sbr_bench.data.pools import Pair, Pools
 from sbr_bench.data.tasks import make_task, task_prompt
 from sbr_bench.errors import ConfigError
 from sbr_bench.schema import ExistingFile, NonEmptyStr, keys_checked

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sbr_bench.data.bundled import Pair
+from sbr_bench.data.pools import Pair
 
 
 class Defense(nn.Module):

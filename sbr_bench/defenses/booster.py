@@ -62,7 +62,7 @@ from __future__ import annotations
 
 import torch
 
-from sbr_bench.data.bundled import Pair
+from sbr_bench.data.pools import Pair
 from sbr_bench.defenses.base import Defense
 from sbr_bench.defenses.vaccine import NORM_GUARD, Vaccine, global_norm
 from sbr_bench.errors import ConfigError

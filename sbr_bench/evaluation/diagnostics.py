@@ -52,8 +52,8 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from sbr_bench.data.bundled import Pair, Pools
 from sbr_bench.data.formatting import IGNORE_INDEX, encode_pair, encode_prompts
+from sbr_bench.data.pools import Pair, Pools
 from sbr_bench.defenses.sbr import SBR
 from sbr_bench.errors import ConfigError
 from sbr_bench.judges.keyword import REFUSAL_PHRASES

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from sbr_bench.data.bundled import Pools
+from sbr_bench.data.pools import Pools
 from sbr_bench.errors import ConfigError
 from sbr_bench.evaluation.diagnostics import DiagnosticsCallback, epoch_of, isolated
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 
-from sbr_bench.data.bundled import Pair, Pools
+from sbr_bench.data.pools import Pair, Pools
 from sbr_bench.data.tasks import label_correct  # noqa: F401 - the sentiment rule, importable from here as before
 from sbr_bench.evaluation.backends import Backend, HFBackend, Request
 from sbr_bench.evaluation.generate import greedy_generate  # noqa: F401 - importable from here as before

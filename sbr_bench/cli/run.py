@@ -8,7 +8,7 @@ import hydra
 from omegaconf import DictConfig
 
 from sbr_bench import CONF_DIR
-from sbr_bench.launchers import missing_plugin
+from sbr_bench.cli.launchers import missing_plugin
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -20,8 +20,8 @@ def run(cfg: DictConfig) -> float:
 
 
 def main() -> None:
-    """Entry point of ``sbr-bench``: the pre-check (``sbr_bench.precheck``), then Hydra."""
-    from sbr_bench.precheck import problem
+    """Entry point of ``sbr-bench``: the pre-check (``sbr_bench.cli.precheck``), then Hydra."""
+    from sbr_bench.cli.precheck import problem
 
     found = missing_plugin(sys.argv[1:]) or problem(sys.argv[1:])
     if found:

@@ -11,10 +11,10 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
-from sbr_bench.data.bundled import Pair
 from sbr_bench.data.formatting import IGNORE_INDEX, PadCollator, encode_pair
+from sbr_bench.data.pools import Pair
 from sbr_bench.errors import ConfigError
-from sbr_bench.module import SafetyModule
+from sbr_bench.training.module import SafetyModule
 
 
 def make_loader(

@@ -17,7 +17,7 @@ import logging
 import math
 import random
 
-from sbr_bench.data.bundled import Pair, Pools
+from sbr_bench.data.pools import Pair, Pools
 from sbr_bench.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ plugins are optional extras of this package (``pyproject.toml``):
 ``local_parallel``, ``slurm`` and ``ray_cluster`` are this project's options (``conf/hydra/launcher/``),
 each extending the plugin's own with defaults for this benchmark. The plugins register their
 options in Hydra's ConfigStore when Hydra scans ``hydra_plugins``, which is where the option check
-(``sbr_bench.precheck``) finds them; ``missing_plugin`` turns an option whose plugin is not installed
+(``sbr_bench.cli.precheck``) finds them; ``missing_plugin`` turns an option whose plugin is not installed
 into one line saying which extra to install.
 """
 
