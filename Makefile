@@ -4,6 +4,8 @@
 #   make test         install, then run the test suite (no network, ~5 min on 2 CPU cores)
 #   make test-slow    the tests that run the real SmolLM2 model
 #   make lint         ruff
+#   make docs         the documentation site, built strictly (a broken link fails it) into site/
+#   make wheel-check  build the wheel, install it into a fresh venv, run every command from outside the repo
 #
 # torch: pip's plain `torch` on Linux is a multi-GB CUDA build. TORCH pins the version; on a CPU-only
 # machine whose pip does not already offer a CPU build, add the PyTorch CPU index:
@@ -18,7 +20,7 @@ TORCH_INDEX ?=
 EXTRAS ?= dev
 BIN := $(VENV)/bin
 
-.PHONY: install quickstart test test-slow lint clean
+.PHONY: install quickstart test test-slow lint docs wheel-check clean
 
 install: $(VENV)/.installed
 
@@ -42,5 +44,22 @@ test-slow: install
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# A non-editable install must carry its configs (sbr_bench/conf) and bundled data: build the wheel,
+# install it into a fresh venv and use it from a folder outside the repository. The venv borrows the
+# dependencies of $(VENV) through a .pth line (CI would otherwise unpack torch a second time); the
+# wheel itself goes in with --no-deps, and .ci/wheel_smoke.py checks that its requirements are met.
+WHEEL_VENV ?= /tmp/sbr-bench-wheel-venv
+wheel-check: install
+	rm -rf $(WHEEL_VENV) build/wheel
+	$(BIN)/pip wheel -q --no-deps -w build/wheel .
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(BIN)/python -c "import sysconfig; print(sysconfig.get_path('purelib'))" > \
+	  "$$($(WHEEL_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_path('purelib'))")/deps.pth"
+	$(WHEEL_VENV)/bin/pip install -q --no-deps build/wheel/sbr_bench-*.whl
+	cd $(WHEEL_VENV) && PATH=$(WHEEL_VENV)/bin:$$PATH bin/python $(CURDIR)/.ci/wheel_smoke.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache outputs
+	rm -rf $(VENV) .pytest_cache .ruff_cache outputs site build

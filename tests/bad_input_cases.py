@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sbr_bench import CONF_DIR
+
 TOY = ["model=toy"]
+DEFENSE_OPTIONS = sorted(p.stem for p in (Path(CONF_DIR) / "defense").glob("*.yaml"))  # conf/defense/*.yaml
 
 CASES: list[tuple[str, list[str], str]] = [
     # wrong type
@@ -113,8 +116,7 @@ CASES: list[tuple[str, list[str], str]] = [
     (
         "an option that does not exist",
         ["defense=sbrr"],
-        "defense=sbrr: no such option; valid options: booster, constrained_sft, ewc, l2sp, lisa, none, repnoise, "
-        "repnoise_hft, safety_mix, sbr, sbr_official, vaccine",
+        "defense=sbrr: no such option; valid options: " + ", ".join(DEFENSE_OPTIONS),
     ),
     ("a key that does not exist", [*TOY, "attack.lrr=1"], "attack.lrr: no such key; the keys of attack are: ..."),
     (

@@ -15,7 +15,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from pathlib import Path
 
 import pytest
-from helpers import compose_config
+from helpers import compose_config, fresh_lora, perturb
 
 
 @pytest.fixture(scope="session")
@@ -51,19 +51,28 @@ def pools():
 
 
 @pytest.fixture
+def fresh_lora_toy(toy):
+    """A copy of the toy model under a fresh LoRA adapter: B = 0, so it computes what the toy model does."""
+    model, tokenizer = toy
+    return fresh_lora(model), tokenizer
+
+
+@pytest.fixture
 def lora_toy(toy):
     """A copy of the toy model with a LoRA adapter whose B is non-zero (as after some alignment steps)."""
-    import copy
+    model, tokenizer = toy
+    return perturb(fresh_lora(model)), tokenizer
 
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` are skipped, saying why, where torch sees no CUDA device."""
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu_tests:
+        return
     import torch
 
-    from sbr_bench.models.adapters import apply_adapter
-
-    model, tokenizer = toy
-    model = apply_adapter(copy.deepcopy(model), kind="lora", r=4, alpha=8, seed=0)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.add_(0.05 * torch.randn(p.shape, generator=gen))
-    return model, tokenizer
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="gpu: needs a CUDA device, and torch.cuda.is_available() is false here")
+    for item in gpu_tests:
+        item.add_marker(skip)

@@ -16,9 +16,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from helpers import compose_config
+from helpers import compose_config, sbr_bench
 from omegaconf import OmegaConf
-from test_cli import sbr_bench
 
 from sbr_bench import search
 from sbr_bench.errors import ConfigError

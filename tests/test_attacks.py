@@ -1,15 +1,16 @@
-"""The attack variants of conf/attack/: training sets, extra scores, the rank-1 adapter, the distance cap."""
+"""The attack set, and the options of conf/attack/: training sets, extra scores, the rank-1 adapter, distance caps."""
 
 from __future__ import annotations
 
 import copy
-import json
 import math
+from collections import Counter
 
 import pytest
 import torch
+from helpers import generations, perturb, read_json
 
-from sbr_bench.attacks.attack_set import attack_set_from_config, build_attack_set
+from sbr_bench.attacks.attack_set import attack_set_from_config, build_attack_set, num_harmful
 from sbr_bench.attacks.distance_cap import DistanceCap
 from sbr_bench.attacks.probes import probe_evaluation, settings, strip_prefix
 from sbr_bench.errors import ConfigError
@@ -40,9 +41,41 @@ def run_toy(make_cfg, tmp_path, name, overrides):
 
     folder = tmp_path / name
     run_job(make_cfg([*SMALL, *overrides], output_dir=folder))
-    metrics = json.loads((folder / "metrics.json").read_text())
-    rows = [json.loads(line) for line in (folder / "generations.jsonl").read_text().splitlines()]
-    return metrics, rows
+    return read_json(folder), generations(folder)
+
+
+# --- the attack set: n samples, round(p * n) of them harmful, a seeded draw ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("n", "p", "expected"), [(1000, 0.1, 100), (100, 0.05, 5), (10, 0.25, 3), (200, 0.0, 0), (8, 1.0, 8)]
+)
+def test_num_harmful_rounds_half_up(n, p, expected):
+    assert num_harmful(n, p) == expected
+
+
+def test_attack_set_composition_and_seed(pools):
+    attack = build_attack_set(pools, num_samples=200, poison_ratio=0.1, data_seed=0)
+    harmful = {p.prompt for p in pools.attack_harmful}
+    kinds = Counter("harmful" if p.prompt in harmful else "task" for p in attack)
+    assert kinds == {"harmful": 20, "task": 180}
+    assert attack == build_attack_set(pools, num_samples=200, poison_ratio=0.1, data_seed=0)
+    assert attack != build_attack_set(pools, num_samples=200, poison_ratio=0.1, data_seed=1)
+
+
+@pytest.mark.parametrize(
+    ("n", "p", "message"),
+    [
+        (100, 1.5, r"attack.poison_ratio=1.5 is outside \[0, 1\]"),
+        (100, -0.1, r"attack.poison_ratio=-0.1 is outside \[0, 1\]"),
+        (1000, 0.5, r"needs 500 harmful samples but the attack pool holds 120"),
+        (5000, 0.0, r"needs 5000 task samples but the task's training split holds 920"),
+        (0, 0.1, r"attack.num_samples=0 must be at least 1"),
+    ],
+)
+def test_impossible_attack_sets_fail_clearly(pools, n, p, message):
+    with pytest.raises(ConfigError, match=message):
+        build_attack_set(pools, num_samples=n, poison_ratio=p, data_seed=0)
 
 
 # --- every option composes, with the tier's scale applied ----------------------------------------
@@ -298,11 +331,7 @@ def test_params_space_measures_the_adapter_matrices_from_their_start(lora_toy):
     cap.bind(model)
     assert cap.distance() == 0.0
     start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.01 * torch.randn(p.shape, generator=gen))
+    perturb(model, seed=0, scale=0.01, only="")  # A and B
     moved = {n: p.detach() - start[n] for n, p in model.named_parameters() if p.requires_grad}
     expected = math.sqrt(sum(float(d.pow(2).sum()) for d in moved.values()))
     assert expected > 0.1

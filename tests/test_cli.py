@@ -3,26 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import generations, sbr_bench  # test_reliability imports sbr_bench from here
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def sbr_bench(args, cwd, cache, timeout=600, env=None):
-    env = {**os.environ, "SBR_BENCH_CACHE": str(cache), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "sbr_bench.cli.run", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +86,7 @@ def test_each_wandb_run_holds_a_table_of_its_generations_with_their_verdicts(swe
             "category",
             "truncated",
         ]
-        saved = [json.loads(line) for line in (job / "generations.jsonl").read_text().splitlines()]
+        saved = generations(job)
         assert len(table["data"]) == len(saved) > 0
         for row, record in zip(table["data"], saved, strict=True):
             cells = dict(zip(table["columns"], row, strict=True))

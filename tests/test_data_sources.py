@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import generations
 from hydra.utils import instantiate
 
 from sbr_bench.data import hub, local
@@ -374,7 +375,7 @@ def test_toy_job_reads_a_mixed_attack_file_and_an_sst2_test_file(tmp_path, pools
     run_job(cfg)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["attack/num_samples"] == 1000.0
-    rows = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    rows = generations(out)
     task_rows = [r for r in rows if r["pool"] == "task"]
     assert [(r["prompt"], r["label"]) for r in task_rows] == [(p.prompt, p.response) for p in test_pairs]
     expected = 100.0 * sum(sst2().score(r["response"], r["label"]) for r in task_rows) / len(task_rows)

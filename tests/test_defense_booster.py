@@ -6,23 +6,16 @@ import copy
 
 import pytest
 import torch
-from helpers import check_settings
+from helpers import bare_module, check_settings, first_batch, short_align_fit, trainable, trainable_grads
 from torch.func import functional_call
 
-from sbr_bench.data.pools import Pair
 from sbr_bench.defenses.booster import Booster
 from sbr_bench.defenses.none import NoDefense
 from sbr_bench.defenses.vaccine import Vaccine
 from sbr_bench.errors import ConfigError
 from sbr_bench.models.adapters import apply_adapter
-from sbr_bench.training.fit import fit, make_loader, stage_loaders
-from sbr_bench.training.module import Optim, SafetyModule
 
 LAM, ALPHA = 5.0, 0.1
-
-
-def first_batch(tokenizer, pairs):
-    return next(iter(make_loader(tokenizer, pairs, max_length=96, batch_size=len(pairs), seed=0)))
 
 
 @pytest.fixture
@@ -30,28 +23,15 @@ def batches(toy, pools):
     """(alignment batch: refusals + helpful answers, harmful batch: compliant answers)."""
     _, tokenizer = toy
     return (
-        first_batch(tokenizer, pools.align_harmful[:2] + pools.align_benign[:1]),
-        first_batch(tokenizer, pools.align_compliant[5:8]),
+        first_batch(tokenizer, pools.align_harmful[:2] + pools.align_benign[:1], max_length=96),
+        first_batch(tokenizer, pools.align_compliant[5:8], max_length=96),
     )
-
-
-def bare_module(model, tokenizer, defense, harmful, grad_accum=1):
-    """The real SafetyModule without a Trainer; the harmful stream always yields ``harmful``."""
-    module = SafetyModule(model, tokenizer, defense, Optim(lr=1e-3), stage="align")
-    module.grad_accum = grad_accum
-    module.manual_backward = lambda loss: loss.backward()
-    module.extra_batch = lambda name: harmful if name == "harmful" else pytest.fail(f"unknown stream {name}")
-    return module
-
-
-def trainable(model):
-    return [p for p in model.parameters() if p.requires_grad]
 
 
 def booster_by_hand(model, align, harmful, lam, alpha):
     """G_f + lam (G_h - G_h') with explicit weight tensors, HF's own loss and a global norm computed in float64."""
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    w = [p.detach().clone().requires_grad_(True) for p in trainable(model)]
+    names = list(trainable(model))
+    w = [p.detach().clone().requires_grad_(True) for p in trainable(model).values()]
 
     def loss_at(weights, batch):
         return functional_call(model, dict(zip(names, weights, strict=True)), kwargs={**batch, "use_cache": False}).loss
@@ -82,13 +62,14 @@ def test_gradient_is_the_booster_formula(adapted_toy, batches):
     assert sum(float(c.norm()) for c in correction) > 0.05 * sum(float(g.norm()) for g in g_f)
 
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    earlier = [torch.full_like(p, 0.25) for p in trainable(model)]  # an earlier micro-batch of the window
-    for p, e in zip(trainable(model), earlier, strict=True):
+    # the gradient of an earlier micro-batch of the window
+    earlier = [torch.full_like(p, 0.25) for p in trainable(model).values()]
+    for p, e in zip(trainable(model).values(), earlier, strict=True):
         p.grad = e.clone()
-    module = bare_module(model, tokenizer, Booster(lam=LAM, alpha=ALPHA), harmful, grad_accum=2)
+    module = bare_module(model, tokenizer, Booster(lam=LAM, alpha=ALPHA), grad_accum=2, harmful=harmful)
     losses = module.defense.training_step(module, align)
 
-    for p, e, f, c in zip(trainable(model), earlier, g_f, correction, strict=True):
+    for p, e, f, c in zip(trainable(model).values(), earlier, g_f, correction, strict=True):
         # Relative to each tensor's norm: the two computations differ in float32 rounding (full
         # logits vs response positions only), which lam * (G_h - G_h') amplifies to ~5e-5 for the
         # randomly initialised full model; any error in the formula is of order 1.
@@ -103,11 +84,11 @@ def test_gradient_is_the_booster_formula(adapted_toy, batches):
 def test_lambda_zero_is_plain_sft_exactly(lora_toy, batches):
     model, tokenizer = lora_toy
     align, harmful = batches
-    module = bare_module(model, tokenizer, Booster(lam=0, alpha=ALPHA), harmful)
-    plain = torch.autograd.grad(module.task_loss(align), trainable(model))
-    before = [p.detach().clone() for p in trainable(model)]
+    module = bare_module(model, tokenizer, Booster(lam=0, alpha=ALPHA), harmful=harmful)
+    plain = trainable_grads(module.task_loss(align), model)
+    before = [p.detach().clone() for p in trainable(model).values()]
     module.defense.training_step(module, align)
-    for p, g, w in zip(trainable(model), plain, before, strict=True):
+    for p, g, w in zip(trainable(model).values(), plain, before, strict=True):
         assert torch.equal(p.grad, g)
         assert torch.equal(p, w)
 
@@ -115,7 +96,7 @@ def test_lambda_zero_is_plain_sft_exactly(lora_toy, batches):
 def test_weights_are_restored_when_the_perturbed_pass_raises(lora_toy, batches):
     model, tokenizer = lora_toy
     align, harmful = batches
-    module = bare_module(model, tokenizer, Booster(), harmful)
+    module = bare_module(model, tokenizer, Booster(), harmful=harmful)
     calls, real = [], module.task_loss
 
     def task_loss(b):
@@ -125,11 +106,11 @@ def test_weights_are_restored_when_the_perturbed_pass_raises(lora_toy, batches):
         return real(b)
 
     module.task_loss = task_loss
-    before = [p.detach().clone() for p in trainable(model)]
+    before = [p.detach().clone() for p in trainable(model).values()]
     with pytest.raises(RuntimeError, match="boom"):
         module.defense.training_step(module, align)
-    assert all(torch.equal(p, w) for p, w in zip(trainable(model), before, strict=True))
-    assert all(p.grad is None for p in trainable(model))
+    assert all(torch.equal(p, w) for p, w in zip(trainable(model).values(), before, strict=True))
+    assert all(p.grad is None for p in trainable(model).values())
 
 
 def test_vaccine_rho_takes_the_alignment_gradient_under_vaccine_perturbation(lora_toy, batches):
@@ -137,37 +118,26 @@ def test_vaccine_rho_takes_the_alignment_gradient_under_vaccine_perturbation(lor
     align, harmful = batches
     _, correction = booster_by_hand(model, align, harmful, LAM, ALPHA)
     reference = copy.deepcopy(model)
-    vaccine_module = bare_module(reference, tokenizer, Vaccine(rho=5), harmful)
+    vaccine_module = bare_module(reference, tokenizer, Vaccine(rho=5), harmful=harmful)
     vaccine_module.defense.training_step(vaccine_module, align)  # tested against a hand computation elsewhere
 
-    module = bare_module(model, tokenizer, Booster(lam=LAM, alpha=ALPHA, vaccine_rho=5), harmful)
+    module = bare_module(model, tokenizer, Booster(lam=LAM, alpha=ALPHA, vaccine_rho=5), harmful=harmful)
     losses = module.defense.training_step(module, align)
     assert set(losses) == {"task", "perturbed", "harmful", "booster"}
-    for p, v, c in zip(trainable(model), trainable(reference), correction, strict=True):
+    for p, v, c in zip(trainable(model).values(), trainable(reference).values(), correction, strict=True):
         torch.testing.assert_close(p.grad, v.grad + c, rtol=1e-4, atol=2e-6)
-
-
-def run_fit(model, tokenizer, pools, defense, tmp_path, epochs=2, grad_accum=2):
-    """A short real fit with the real harmful stream: 5 micro-batches per epoch, accumulation 2."""
-    pairs = [Pair(p.prompt, p.response) for p in pools.align_harmful[:10]]
-    loader, streams = stage_loaders(defense, pools, pairs, tokenizer, max_length=96, batch_size=2, seed=0)
-    optim = Optim(lr=1e-2, scheduler="cosine", warmup_ratio=0.2)
-    module = SafetyModule(model, tokenizer, defense, optim, "align", pools=pools, streams=streams)
-    trainer_cfg = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False}
-    fit(module, loader, trainer_cfg, None, str(tmp_path), epochs=epochs, grad_accum=grad_accum)
-    return module, [p.detach().clone() for p in trainable(model)]
 
 
 def test_real_fit_accumulates_and_steps_like_automatic_optimization(toy, pools, tmp_path):
     model, tokenizer = toy
     start = apply_adapter(copy.deepcopy(model), kind="lora", r=4, seed=0)
-    _, plain = run_fit(copy.deepcopy(start), tokenizer, pools, NoDefense(), tmp_path)
-    module, zero = run_fit(copy.deepcopy(start), tokenizer, pools, Booster(lam=0, num_harmful=8), tmp_path)
+    _, plain = short_align_fit(copy.deepcopy(start), tokenizer, pools, NoDefense(), tmp_path)
+    module, zero = short_align_fit(copy.deepcopy(start), tokenizer, pools, Booster(lam=0, num_harmful=8), tmp_path)
     assert module.trainer.global_step == 6  # 2 epochs x ceil(5 / 2) optimizer steps
     assert module.total_steps() == 6  # the LR schedule's length
     assert len(module.streams["harmful"].dataset) == 8
     assert {"align/loss_task", "align/loss_harmful", "align/loss_booster"} <= set(module.trainer.callback_metrics)
-    assert any(not torch.equal(x, y) for x, y in zip(trainable(start), zero, strict=True))  # it did train
+    assert any(not torch.equal(x, y) for x, y in zip(trainable(start).values(), zero, strict=True))  # it did train
     for x, y in zip(plain, zero, strict=True):
         assert torch.equal(x, y)  # same gradients, same accumulation, same LR schedule: bit for bit
 

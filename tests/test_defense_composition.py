@@ -6,8 +6,7 @@ import json
 import textwrap
 
 import pytest
-from helpers import compose_config
-from test_cli import sbr_bench
+from helpers import compose_config, sbr_bench
 
 from sbr_bench.errors import ConfigError
 from sbr_bench.job import run_job

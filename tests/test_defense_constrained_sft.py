@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import copy
 import math
-from types import SimpleNamespace
 
 import pytest
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from helpers import check_settings
+from helpers import check_settings, first_batch, fit_steps, perturb, stub_module, trainable_grads
 
 from sbr_bench.data.formatting import IGNORE_INDEX
 from sbr_bench.data.pools import Pair
@@ -32,25 +30,12 @@ def models(toy):
 
 
 def user_batch(tokenizer, pools, n=4):
-    pairs = pools.attack_harmful[:2] + pools.task_train[: n - 2]
-    return next(iter(make_loader(tokenizer, pairs, max_length=128, batch_size=n, seed=0)))
-
-
-def perturb(model, seed=1, scale=0.05, names=("lora_B",)):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if any(n in name for n in names):
-                p.add_(scale * torch.randn(p.shape, generator=gen))
+    return first_batch(tokenizer, pools.attack_harmful[:2] + pools.task_train[: n - 2])
 
 
 def sft_loss(model, batch):
     """The module's own response-only CE (what plain SFT trains on)."""
     return SafetyModule(model, None, NoDefense(), Optim(lr=1e-3), stage="attack").task_loss(batch)
-
-
-def trainable_grads(loss, model):
-    return torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad])
 
 
 def logprobs_by_hand(model, batch):
@@ -74,15 +59,11 @@ def paper_beta(t: int) -> float:
     return 0.5 if t == 1 else 2.0 if t <= 5 else 0.1
 
 
-def stub(model):
-    return SimpleNamespace(model=model, stage="attack")
-
-
 def test_reference_is_the_aligned_model_with_the_adapter_disabled(models, pools):
     _, untouched, model, tokenizer = models
     batch = user_batch(tokenizer, pools)
     defense = ConstrainedSFT()
-    defense.setup(stub(model))
+    defense.setup(stub_module(model))
     assert defense.reference_model is None  # a fresh LoRA: no copy
     perturb(model)  # fine-tuning moved the adapter
     keep = batch["labels"][:, 1:] != IGNORE_INDEX
@@ -99,8 +80,8 @@ def test_at_the_start_the_weights_are_one_and_the_loss_is_sft(models, pools):
     _, _, model, tokenizer = models
     batch = user_batch(tokenizer, pools)
     defense = ConstrainedSFT()
-    defense.setup(stub(model))
-    loss = defense.task_loss(stub(model), batch)
+    defense.setup(stub_module(model))
+    loss = defense.task_loss(stub_module(model), batch)
     plain = sft_loss(model, batch)
     torch.testing.assert_close(loss, plain, rtol=1e-6, atol=0)
     for a, b in zip(trainable_grads(loss, model), trainable_grads(plain, model), strict=True):
@@ -111,9 +92,9 @@ def test_gradient_equals_the_exact_objective(models, pools):
     _, untouched, model, tokenizer = models
     batch = user_batch(tokenizer, pools)
     defense = ConstrainedSFT()
-    defense.setup(stub(model))
+    defense.setup(stub_module(model))
     perturb(model, scale=0.2)
-    loss = defense.task_loss(stub(model), batch)
+    loss = defense.task_loss(stub_module(model), batch)
 
     policy = logprobs_by_hand(model, batch)
     with torch.no_grad():
@@ -135,9 +116,9 @@ def test_every_beta_zero_is_plain_sft_exactly(models, pools):
     _, _, model, tokenizer = models
     batch = user_batch(tokenizer, pools)
     defense = ConstrainedSFT(beta=0, beta_first_token=0, beta_prefix=0)
-    defense.setup(stub(model))
+    defense.setup(stub_module(model))
     perturb(model, scale=0.2)  # delta != 0, which beta = 0 must ignore
-    loss = defense.task_loss(stub(model), batch)
+    loss = defense.task_loss(stub_module(model), batch)
     plain = sft_loss(model, batch)
     assert torch.equal(loss, plain)
     for a, b in zip(trainable_grads(loss, model), trainable_grads(plain, model), strict=True):
@@ -150,10 +131,10 @@ def test_full_finetuning_keeps_a_frozen_copy(toy, pools):
     untouched = copy.deepcopy(model)
     batch = user_batch(tokenizer, pools)
     defense = ConstrainedSFT()
-    defense.setup(stub(model))
+    defense.setup(stub_module(model))
     assert defense.reference_model is not None
     assert not any(p.requires_grad for p in defense.reference_model.parameters())
-    perturb(model, names=("mlp",))
+    perturb(model, only="mlp")
     keep = batch["labels"][:, 1:] != IGNORE_INDEX
     expected = torch.cat([torch.stack(a) for a in logprobs_by_hand(untouched, batch)])
     torch.testing.assert_close(defense.reference_logprobs(model, batch, keep).double(), expected, rtol=1e-5, atol=1e-5)
@@ -163,7 +144,7 @@ def test_a_moved_adapter_is_copied_not_disabled(models):
     model = models[2]
     perturb(model)  # the adapter does not start at zero: disabling it would not give the start model
     defense = ConstrainedSFT()
-    defense.setup(stub(model))
+    defense.setup(stub_module(model))
     assert defense.reference_model is not None
 
 
@@ -179,11 +160,11 @@ def test_weights_are_clamped(models, pools, monkeypatch):
     _, _, model, tokenizer = models
     batch = user_batch(tokenizer, pools)
     defense = ConstrainedSFT(min_weight=1e-3)
-    defense.setup(stub(model))
+    defense.setup(stub_module(model))
     keep = batch["labels"][:, 1:] != IGNORE_INDEX
     far_below = defense.reference_logprobs(model, batch, keep) - 100  # delta = 100: sigmoid saturates
     monkeypatch.setattr(defense, "reference_logprobs", lambda *args: far_below)
-    loss = defense.task_loss(stub(model), batch)
+    loss = defense.task_loss(stub_module(model), batch)
     torch.testing.assert_close(loss, 1e-3 * sft_loss(model, batch), rtol=1e-5, atol=0)
 
 
@@ -192,15 +173,7 @@ def test_one_step_through_lightning_logs_the_objective(models, pools):
     pairs = [Pair(p.prompt, p.response) for p in pools.attack_harmful[:4]]
     loader = make_loader(tokenizer, pairs, max_length=128, batch_size=4, seed=0)
     module = SafetyModule(model, tokenizer, ConstrainedSFT(), Optim(lr=1e-2), stage="attack", pools=pools)
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(module, loader)
+    trainer = fit_steps(module, loader, 2)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     assert {"attack/constrained_objective", "attack/constrained_weight", "attack/loss_task"} <= metrics.keys()
     assert all(math.isfinite(v) for v in metrics.values())
@@ -223,26 +196,21 @@ def test_bad_settings_fail_with_one_clear_line(kwargs, message):
         check_settings(ConstrainedSFT, **kwargs)
 
 
-def logging_stub(model):
-    logged = {}
-    module = SimpleNamespace(model=model, stage="attack", trainer=object())
-    module.log = lambda name, value, batch_size: logged.__setitem__(name, float(value))
-    return module, logged
-
-
 @pytest.mark.parametrize("betas", [(0.1, 0.5, 2.0), (0.0, 0.0, 0.0)])
 def test_logged_objective_is_the_exact_one_shifted_to_zero_at_the_start(models, pools, betas):
     _, untouched, model, tokenizer = models
     batch = user_batch(tokenizer, pools)
     beta, first, prefix = betas
     defense = ConstrainedSFT(beta=beta, beta_first_token=first, beta_prefix=prefix)
-    module, logged = logging_stub(model)
+    module = stub_module(model, trainer=object())  # attached: the defense logs
     defense.setup(module)
     defense.task_loss(module, batch)
+    logged = dict(module.logged)
     assert logged["attack/constrained_objective"] == 0.0 and logged["attack/constrained_weight"] == 1.0
 
     perturb(model, scale=0.2)
     defense.task_loss(module, batch)
+    logged = dict(module.logged)  # the last value logged under each name
     with torch.no_grad():
         policy, reference = logprobs_by_hand(model, batch), logprobs_by_hand(untouched, batch)
     values = []

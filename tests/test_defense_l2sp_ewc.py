@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 import torch
-from helpers import check_settings
+from helpers import check_settings, perturb, trainable
 
 from sbr_bench.data.pools import Pair
 from sbr_bench.defenses.ewc import EWC
@@ -22,15 +22,9 @@ MAX_LENGTH, BATCH_SIZE = 128, 8
 
 
 @pytest.fixture
-def pools(pools):
-    """Small alignment pools (three Fisher batches, one of them partial): the same code, seconds not minutes."""
+def small_pools(pools):
+    """The pools, their alignment part cut short (three Fisher batches, one of them partial): seconds, not minutes."""
     return dataclasses.replace(pools, align_harmful=pools.align_harmful[:11], align_benign=pools.align_benign[:9])
-
-
-@pytest.fixture
-def lora_toy(toy):
-    model, tokenizer = toy
-    return apply_adapter(copy.deepcopy(model), kind="lora", r=4, alpha=8, seed=0), tokenizer
 
 
 def user_pairs(pools, n=24):
@@ -44,26 +38,14 @@ def make_module(model, tokenizer, pools, defense, lr=1e-3):
     return module, loader
 
 
-def trainable(model):
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
-
-
-def perturb(model, seed=1, scale=0.05, only=""):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in trainable(model).items():
-            if only in name:
-                p.add_(scale * torch.randn(p.shape, generator=gen))
-
-
-def test_l2sp_is_zero_at_w0_and_matches_by_hand(lora_toy, pools):
-    model, tokenizer = lora_toy
+def test_l2sp_is_zero_at_w0_and_matches_by_hand(fresh_lora_toy, small_pools):
+    model, tokenizer = fresh_lora_toy
     w0 = {n: p.detach().clone() for n, p in trainable(model).items()}
     l2sp = L2SP(lam=0.3)
-    module, _ = make_module(model, tokenizer, pools, l2sp)
+    module, _ = make_module(model, tokenizer, small_pools, l2sp)
     l2sp.setup(module)
     assert l2sp.loss_terms(module, {})["l2sp"].item() == 0.0
-    perturb(model)
+    perturb(model, only="")
     term = l2sp.loss_terms(module, {})["l2sp"]
     delta = torch.nn.utils.parameters_to_vector(trainable(model).values()) - torch.nn.utils.parameters_to_vector(
         w0.values()
@@ -94,12 +76,12 @@ def fisher_by_hand(model, tokenizer, pools, reduction):
 
 
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
-def test_fisher_equals_squared_batch_gradients_by_hand(lora_toy, pools, reduction):
-    model, tokenizer = lora_toy
-    perturb(model, only="lora_B")  # B != 0: A gets a gradient too (the Vaccine code's trained LoRA)
-    expected = fisher_by_hand(model, tokenizer, pools, reduction)
+def test_fisher_equals_squared_batch_gradients_by_hand(fresh_lora_toy, small_pools, reduction):
+    model, tokenizer = fresh_lora_toy
+    perturb(model)  # B != 0: A gets a gradient too (the Vaccine code's trained LoRA)
+    expected = fisher_by_hand(model, tokenizer, small_pools, reduction)
     ewc = EWC(lam=1.0, fisher_reduction=reduction)
-    module, _ = make_module(model, tokenizer, pools, ewc)
+    module, _ = make_module(model, tokenizer, small_pools, ewc)
     ewc.setup(module)
     assert len(ewc.weights) == len(expected)
     for got, want in zip(ewc.weights, expected, strict=True):
@@ -107,10 +89,10 @@ def test_fisher_equals_squared_batch_gradients_by_hand(lora_toy, pools, reductio
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-12)
 
 
-def test_fresh_lora_constrains_only_b(lora_toy, pools):
-    model, tokenizer = lora_toy  # B = 0: the gradient w.r.t. A is zero at w0
+def test_fresh_lora_constrains_only_b(fresh_lora_toy, small_pools):
+    model, tokenizer = fresh_lora_toy  # B = 0: the gradient w.r.t. A is zero at w0
     ewc = EWC()
-    module, _ = make_module(model, tokenizer, pools, ewc)
+    module, _ = make_module(model, tokenizer, small_pools, ewc)
     ewc.setup(module)
     for name, f in zip(trainable(model), ewc.weights, strict=True):
         if "lora_A" in name:
@@ -119,16 +101,16 @@ def test_fresh_lora_constrains_only_b(lora_toy, pools):
             assert "lora_B" in name and f.sum() > 0, name
 
 
-def test_ewc_term_matches_by_hand(lora_toy, pools):
-    model, tokenizer = lora_toy
-    perturb(model, only="lora_B")
-    fisher = fisher_by_hand(model, tokenizer, pools, "sum")
+def test_ewc_term_matches_by_hand(fresh_lora_toy, small_pools):
+    model, tokenizer = fresh_lora_toy
+    perturb(model)
+    fisher = fisher_by_hand(model, tokenizer, small_pools, "sum")
     w0 = [p.detach().clone() for p in trainable(model).values()]
     ewc = EWC(lam=1e3)
-    module, _ = make_module(model, tokenizer, pools, ewc)
+    module, _ = make_module(model, tokenizer, small_pools, ewc)
     ewc.setup(module)
     assert ewc.loss_terms(module, {})["ewc"].item() == 0.0
-    perturb(model, seed=2)
+    perturb(model, seed=2, only="")
     by_hand = sum(
         (f * (p.detach() - p0) ** 2).sum() for f, p, p0 in zip(fisher, trainable(model).values(), w0, strict=True)
     )
@@ -137,26 +119,26 @@ def test_ewc_term_matches_by_hand(lora_toy, pools):
     torch.testing.assert_close(term.detach(), 1e3 * by_hand, rtol=1e-4, atol=0)
 
 
-def test_setup_leaves_no_gradients_and_restores_modes(lora_toy, pools):
-    model, tokenizer = lora_toy
-    perturb(model, only="lora_B")
+def test_setup_leaves_no_gradients_and_restores_modes(fresh_lora_toy, small_pools):
+    model, tokenizer = fresh_lora_toy
+    perturb(model)
     model.train()
     frozen_part = model.get_base_model().model.layers[0]
     frozen_part.eval()  # a mixed state must come back as it was, module by module
     modes = {name: m.training for name, m in model.named_modules()}
     ewc = EWC()
-    module, _ = make_module(model, tokenizer, pools, ewc)
+    module, _ = make_module(model, tokenizer, small_pools, ewc)
     ewc.setup(module)
     assert all(p.grad is None for p in model.parameters())
     assert {name: m.training for name, m in model.named_modules()} == modes
 
 
 @pytest.mark.parametrize("defense", [L2SP(lam=0.0), EWC(lam=0.0)], ids=["l2sp", "ewc"])
-def test_lam_zero_gives_the_plain_sft_loss_and_gradient_exactly(lora_toy, pools, defense):
-    model, tokenizer = lora_toy
-    module, loader = make_module(model, tokenizer, pools, defense)
+def test_lam_zero_gives_the_plain_sft_loss_and_gradient_exactly(fresh_lora_toy, small_pools, defense):
+    model, tokenizer = fresh_lora_toy
+    module, loader = make_module(model, tokenizer, small_pools, defense)
     defense.setup(module)
-    perturb(model)  # away from w0, where the term's gradient would vanish anyway
+    perturb(model, only="")  # away from w0, where the term's gradient would vanish anyway
     batch = next(iter(loader))
     params = list(trainable(model).values())
     plain = module.task_loss(batch)
@@ -175,23 +157,23 @@ def train(model, tokenizer, pools, defense, tmp_path, steps=3):
     return {n: p.detach().clone() for n, p in trainable(model).items()}
 
 
-def test_lam_zero_trains_exactly_like_plain_sft(toy, pools, tmp_path):
+def test_lam_zero_trains_exactly_like_plain_sft(toy, small_pools, tmp_path):
     model, tokenizer = toy
 
     def fresh():
         return apply_adapter(copy.deepcopy(model), r=4, seed=0)
 
-    plain = train(fresh(), tokenizer, pools, NoDefense(), tmp_path)
+    plain = train(fresh(), tokenizer, small_pools, NoDefense(), tmp_path)
     for defense in (L2SP(lam=0.0), EWC(lam=0.0)):
-        got = train(fresh(), tokenizer, pools, defense, tmp_path)
+        got = train(fresh(), tokenizer, small_pools, defense, tmp_path)
         assert all(torch.equal(plain[n], got[n]) for n in plain), type(defense).__name__
     # the control: the term does act once the weights have left w0 (step 2 on)
-    pulled = train(fresh(), tokenizer, pools, L2SP(lam=0.5), tmp_path)
+    pulled = train(fresh(), tokenizer, small_pools, L2SP(lam=0.5), tmp_path)
     assert not all(torch.equal(plain[n], pulled[n]) for n in plain)
 
 
-def test_ewc_reads_the_alignment_data(pools):
-    assert EWC().extra_data(pools) == {"fisher": [*pools.align_harmful, *pools.align_benign]}
+def test_ewc_reads_the_alignment_data(small_pools):
+    assert EWC().extra_data(small_pools) == {"fisher": [*small_pools.align_harmful, *small_pools.align_benign]}
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import check_settings
+from helpers import check_settings, stub_module
 
 from sbr_bench.data.pools import Pair
 from sbr_bench.defenses.lisa import Lisa, scaled_steps
@@ -20,17 +20,13 @@ ALIGN_BATCH = {"input_ids": torch.zeros(2, 3, dtype=torch.long)}
 USER_BATCH = {"input_ids": torch.ones(2, 3, dtype=torch.long)}
 
 
-def stub_module(params, budget):
-    """What Lisa reads from the LightningModule; ``logged`` collects module.log calls."""
-    logged = []
-    return SimpleNamespace(
-        stage="attack",
+def lisa_module(params, budget):
+    """What Lisa reads from the LightningModule: ``budget`` steps, ``params`` training, the alignment stream."""
+    return stub_module(
         trainer=SimpleNamespace(global_step=0),
         total_steps=lambda: budget,
         trainable_parameters=lambda: params,
-        extra_batch=lambda name: ALIGN_BATCH if name == "align" else None,
-        log=lambda name, value, **kwargs: logged.append((name, value)),
-        logged=logged,
+        streams={"align": ALIGN_BATCH},
     )
 
 
@@ -68,7 +64,7 @@ def run_schedule(lisa, module, steps, grad_accum):
 @pytest.mark.parametrize("grad_accum", [1, 3])
 def test_states_switch_at_exactly_the_scaled_steps(grad_accum):
     lisa = Lisa(align_steps=100, finetune_steps=900, reference_steps=2000)
-    module = stub_module(toy_params(), budget=64)
+    module = lisa_module(toy_params(), budget=64)
     lisa.setup(module)
     assert (lisa.k1, lisa.k2) == (3, 27)  # 100 * 64 / 2000 = 3.2 -> 3; 3 * 9 = 27
     chosen = run_schedule(lisa, module, steps=64, grad_accum=grad_accum)
@@ -83,7 +79,7 @@ def test_states_switch_at_exactly_the_scaled_steps(grad_accum):
 def test_anchor_is_the_weights_at_each_switch():
     params = toy_params()
     lisa = Lisa(align_steps=2, finetune_steps=3, reference_steps=None)
-    module = stub_module(params, budget=20)
+    module = lisa_module(params, budget=20)
     lisa.setup(module)
     initial = [p.detach().clone() for p in params]
     anchors_by_hand = {}
@@ -108,7 +104,7 @@ def test_anchor_is_the_weights_at_each_switch():
 def test_proximal_term_starts_after_the_start_fraction_and_matches_by_hand():
     params = toy_params()
     lisa = Lisa(rho=1.0, align_steps=1, finetune_steps=4, reference_steps=None, proximal_start=0.1)
-    module = stub_module(params, budget=50)
+    module = lisa_module(params, budget=50)
     lisa.setup(module)
     for step in range(6):  # steps 0..5: 5 <= 0.1 * 50, the code's "steps > 0.1 * total" is false
         module.trainer.global_step = step

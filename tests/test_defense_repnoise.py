@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import copy
 import math
-from types import SimpleNamespace
 
 import pytest
-import pytorch_lightning as pl
 import torch
-from helpers import check_settings
+from helpers import check_settings, first_batch, fit_steps, stub_module, trainable, trainable_grads
 
 from sbr_bench.data.formatting import IGNORE_INDEX, encode_pair
 from sbr_bench.data.pools import Pair
@@ -18,7 +16,7 @@ from sbr_bench.defenses.none import NoDefense
 from sbr_bench.defenses.repnoise import LinearCrossEntropy, RepNoise, mmd
 from sbr_bench.errors import ConfigError
 from sbr_bench.models.adapters import apply_adapter
-from sbr_bench.training.fit import make_loader, stage_loaders
+from sbr_bench.training.fit import stage_loaders
 from sbr_bench.training.module import Optim, SafetyModule
 
 
@@ -63,17 +61,7 @@ def toy_model(toy):
 
 
 def harmful_batch(tokenizer, pools, n=4):
-    loader = make_loader(tokenizer, pools.align_compliant[:n], max_length=128, batch_size=n, seed=0)
-    return next(iter(loader))
-
-
-def stub_module(model, tokenizer, pools, batch):
-    return SimpleNamespace(model=model, tokenizer=tokenizer, pools=pools, extra_batch=lambda name: batch)
-
-
-def grads(loss, model):
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.autograd.grad(loss, params, allow_unused=True)
+    return first_batch(tokenizer, pools.align_compliant[:n])
 
 
 def test_mmd_matches_the_double_loop_formula():
@@ -99,7 +87,7 @@ def test_ascent_term_matches_the_logit_lens_computed_separately(toy_model, pools
     model, tokenizer = toy_model
     batch = harmful_batch(tokenizer, pools)
     rep = RepNoise(alpha=0.7, beta=0.0, norm_last_twice=norm_last_twice)
-    module = stub_module(model, tokenizer, pools, batch)
+    module = stub_module(model, tokenizer, pools, streams={"harmful": batch})
     rep.setup(module)
     terms = rep.loss_terms(module, batch={})
     assert set(terms) == {"ascent"}
@@ -114,7 +102,11 @@ def test_ascent_term_matches_the_logit_lens_computed_separately(toy_model, pools
     ascent = (masked_ce_by_hand(out.logits, batch["labels"]) + sum(lens)) / len(states)
     expected = -0.7 * torch.log(ascent + 1)
     torch.testing.assert_close(terms["ascent"].double(), expected, rtol=1e-5, atol=1e-6)
-    for g, e in zip(grads(terms["ascent"], model), grads(expected, model), strict=True):
+    for g, e in zip(
+        trainable_grads(terms["ascent"], model, allow_unused=True),
+        trainable_grads(expected, model, allow_unused=True),
+        strict=True,
+    ):
         torch.testing.assert_close(g.double(), e.double(), rtol=1e-3, atol=1e-6)
 
 
@@ -137,7 +129,7 @@ def test_chunked_cross_entropy_equals_the_whole_logits_one(chunk, weight_trains)
 def test_the_ascent_term_does_not_depend_on_the_lens_chunk(toy_model, pools, monkeypatch):
     model, tokenizer = toy_model
     batch = harmful_batch(tokenizer, pools)
-    module = stub_module(model, tokenizer, pools, batch)
+    module = stub_module(model, tokenizer, pools, streams={"harmful": batch})
     rep = RepNoise(alpha=1.0, beta=0.0)
     rep.setup(module)
     calls = []
@@ -149,14 +141,18 @@ def test_the_ascent_term_does_not_depend_on_the_lens_chunk(toy_model, pools, mon
     monkeypatch.setattr(repnoise, "LENS_CHUNK_ROWS", 7)  # many chunks, the last one partial
     chunked = rep.loss_terms(module, batch={})["ascent"]
     torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-6)
-    for g, e in zip(grads(chunked, model), grads(whole, model), strict=True):
+    for g, e in zip(
+        trainable_grads(chunked, model, allow_unused=True),
+        trainable_grads(whole, model, allow_unused=True),
+        strict=True,
+    ):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-7)
 
 
 def test_double_norm_changes_the_last_lens(toy_model, pools):
     model, tokenizer = toy_model
     batch = harmful_batch(tokenizer, pools)
-    module = stub_module(model, tokenizer, pools, batch)
+    module = stub_module(model, tokenizer, pools, streams={"harmful": batch})
     twice = RepNoise(alpha=1, beta=0, norm_last_twice=True).loss_terms(module, {})["ascent"]
     once = RepNoise(alpha=1, beta=0, norm_last_twice=False).loss_terms(module, {})["ascent"]
     assert abs(twice.item() - once.item()) > 1e-4
@@ -166,7 +162,7 @@ def test_noise_term_matches_mmd_of_hooked_mlp_outputs(toy_model, pools):
     model, tokenizer = toy_model
     batch = harmful_batch(tokenizer, pools, n=3)
     rep = RepNoise(alpha=0.0, beta=0.25)
-    module = stub_module(model, tokenizer, pools, batch)
+    module = stub_module(model, tokenizer, pools, streams={"harmful": batch})
     torch.manual_seed(123)
     terms = rep.loss_terms(module, batch={})
     assert set(terms) == {"noise"}
@@ -192,7 +188,7 @@ def test_paired_diff_mask_is_the_answer_tokens_that_differ_from_the_refusal(toy,
     n = 6
     batch = harmful_batch(tokenizer, pools, n=n)
     rep = RepNoise(mask="paired_diff")
-    rep.setup(stub_module(model, tokenizer, pools, batch))
+    rep.setup(stub_module(model, tokenizer, pools, streams={"harmful": batch}))
     got = rep.token_mask(batch)
     by_prompt = {p.prompt: p for p in pools.align_harmful}
     rows = {tuple(r): i for i, r in enumerate(batch["input_ids"].tolist())}
@@ -215,16 +211,8 @@ def train_one_step(model, tokenizer, pools, defense, batch_size=4):
     pairs = [Pair(p.prompt, p.response) for p in pools.align_harmful[:batch_size] + pools.align_benign[:batch_size]]
     loader, streams = stage_loaders(defense, pools, pairs, tokenizer, 128, batch_size, seed=0)
     module = SafetyModule(model, tokenizer, defense, Optim(lr=1e-2), stage="align", pools=pools, streams=streams)
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(module, loader)
-    weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    trainer = fit_steps(module, loader, 1)
+    weights = {n: p.detach().clone() for n, p in trainable(model).items()}
     return weights, {k: float(v) for k, v in trainer.callback_metrics.items()}
 
 

@@ -8,15 +8,12 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-from helpers import check_settings
+from helpers import bare_module, check_settings, first_batch, short_align_fit, trainable, trainable_grads
 
-from sbr_bench.data.pools import Pair
 from sbr_bench.defenses.none import NoDefense
 from sbr_bench.defenses.vaccine import Vaccine, attention_perturbation
 from sbr_bench.errors import ConfigError
 from sbr_bench.models.adapters import apply_adapter
-from sbr_bench.training.fit import fit, make_loader
-from sbr_bench.training.module import Optim, SafetyModule
 
 RHO = 2.0
 
@@ -24,26 +21,13 @@ RHO = 2.0
 @pytest.fixture
 def batch(toy, pools):
     _, tokenizer = toy
-    pairs = pools.align_harmful[:2] + pools.align_benign[:1]
-    return next(iter(make_loader(tokenizer, pairs, max_length=96, batch_size=3, seed=0)))
-
-
-def bare_module(model, tokenizer, defense, grad_accum=1):
-    """The real SafetyModule without a Trainer: manual_backward becomes a plain backward."""
-    module = SafetyModule(model, tokenizer, defense, Optim(lr=1e-3), stage="align")
-    module.grad_accum = grad_accum
-    module.manual_backward = lambda loss: loss.backward()
-    return module
+    return first_batch(tokenizer, pools.align_harmful[:2] + pools.align_benign[:1], max_length=96)
 
 
 def attention_modules(model):
     """Each decoder layer's attention block, found without the package's helpers."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     return [layer.self_attn for layer in inner.model.layers]
-
-
-def trainable(model):
-    return [p for p in model.parameters() if p.requires_grad]
 
 
 def activation_grads_by_hand(model, batch):
@@ -85,10 +69,6 @@ def shifted_attention(model, shift):
             del attn.forward
 
 
-def grads_of(model, loss):
-    return [g.detach() for g in torch.autograd.grad(loss, trainable(model))]
-
-
 def test_perturbation_has_global_norm_rho_along_the_activation_gradient(lora_toy, batch):
     model, tokenizer = lora_toy
     module = bare_module(model, tokenizer, Vaccine(rho=RHO))
@@ -114,19 +94,19 @@ def test_pass_two_gradient_is_that_of_the_shifted_model(lora_toy, batch):
     norm = math.sqrt(sum(float((x.double() ** 2).sum()) for x in g))
     eps = [RHO * x / norm for x in g]
     with shifted_attention(model, lambda i, _out: eps[i]):
-        expected = grads_of(model, model(**batch, use_cache=False).loss)
-    plain = grads_of(model, model(**batch, use_cache=False).loss)
+        expected = trainable_grads(model(**batch, use_cache=False).loss, model)
+    plain = trainable_grads(model(**batch, use_cache=False).loss, model)
 
     # A micro-batch that is not the first of its window: earlier gradient kept, this one divided by 2.
-    earlier = [torch.full_like(p, 0.25) for p in trainable(model)]
-    for p, e in zip(trainable(model), earlier, strict=True):
+    earlier = [torch.full_like(p, 0.25) for p in trainable(model).values()]
+    for p, e in zip(trainable(model).values(), earlier, strict=True):
         p.grad = e.clone()
     module = bare_module(model, tokenizer, Vaccine(rho=RHO), grad_accum=2)
     losses = Vaccine(rho=RHO).training_step(module, batch)
 
     assert set(losses) == {"task", "perturbed"}
     assert losses["perturbed"] > losses["task"]  # a first-order ascent direction raises the loss
-    got = [p.grad - e for p, e in zip(trainable(model), earlier, strict=True)]
+    got = [p.grad - e for p, e in zip(trainable(model).values(), earlier, strict=True)]
     for x, y in zip(got, expected, strict=True):
         torch.testing.assert_close(2 * x, y, rtol=1e-4, atol=1e-6)
     moved = sum(float((y - z).norm()) for y, z in zip(expected, plain, strict=True))
@@ -136,9 +116,9 @@ def test_pass_two_gradient_is_that_of_the_shifted_model(lora_toy, batch):
 def test_rho_zero_is_plain_sft_exactly(lora_toy, batch):
     model, tokenizer = lora_toy
     module = bare_module(model, tokenizer, Vaccine(rho=0))
-    plain = grads_of(model, module.task_loss(batch))
+    plain = trainable_grads(module.task_loss(batch), model)
     Vaccine(rho=0).training_step(module, batch)
-    for p, g in zip(trainable(model), plain, strict=True):
+    for p, g in zip(trainable(model).values(), plain, strict=True):
         assert torch.equal(p.grad, g)
 
 
@@ -149,15 +129,15 @@ def test_random_vaccine_adds_gaussian_noise_of_variance_rho(lora_toy, batch):
         torch.manual_seed(3)
         module = bare_module(model, tokenizer, Vaccine(rho=rho, perturbation="random"))
         losses = module.defense.training_step(module, batch)
-    got = [p.grad.clone() for p in trainable(model)]
+    got = [p.grad.clone() for p in trainable(model).values()]
     assert set(losses) == {"perturbed"}
 
     with torch.random.fork_rng():
         torch.manual_seed(3)
         noise = lambda _i, out: math.sqrt(rho) * torch.randn(out.shape)  # noqa: E731
         with shifted_attention(model, noise):
-            expected = grads_of(model, module.task_loss(batch))
-    plain = grads_of(model, module.task_loss(batch))
+            expected = trainable_grads(module.task_loss(batch), model)
+    plain = trainable_grads(module.task_loss(batch), model)
     for x, y in zip(got, expected, strict=True):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-7)
     assert any(not torch.allclose(x, z) for x, z in zip(got, plain, strict=True))
@@ -171,7 +151,7 @@ def test_layers_without_trainable_weights_upstream_still_get_a_perturbation(toy,
     assert torch.cat([e.flatten() for e in eps]).norm().item() == pytest.approx(RHO, rel=1e-5)
     assert eps[0].norm() > 0  # layer 0's attention output has no trainable weight before it
     module.defense.training_step(module, batch)
-    assert all(p.grad is not None for p in trainable(model))
+    assert all(p.grad is not None for p in trainable(model).values())
 
 
 @pytest.mark.parametrize("failing_call", [1, 2])
@@ -193,26 +173,15 @@ def test_hooks_are_removed_when_a_pass_raises(lora_toy, batch, failing_call):
     assert all(not attn._forward_hooks for attn in attention_modules(model))
 
 
-def run_fit(model, tokenizer, pools, defense, tmp_path, epochs=2, grad_accum=2):
-    """A short real fit: 5 micro-batches per epoch, accumulation 2 (the last window holds 1)."""
-    pairs = [Pair(p.prompt, p.response) for p in pools.align_harmful[:10]]
-    loader = make_loader(tokenizer, pairs, max_length=96, batch_size=2, seed=0)
-    module = SafetyModule(model, tokenizer, defense, Optim(lr=1e-2, scheduler="cosine", warmup_ratio=0.2), "align")
-    trainer_cfg = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False}
-    fit(module, loader, trainer_cfg, None, str(tmp_path), epochs=epochs, grad_accum=grad_accum)
-    weights = [p.detach().clone() for p in trainable(model)]
-    return module, weights
-
-
 def test_real_fit_accumulates_and_steps_like_automatic_optimization(toy, pools, tmp_path):
     model, tokenizer = toy
     start = apply_adapter(copy.deepcopy(model), kind="lora", r=4, seed=0)
-    _, plain = run_fit(copy.deepcopy(start), tokenizer, pools, NoDefense(), tmp_path)
-    module, zero = run_fit(copy.deepcopy(start), tokenizer, pools, Vaccine(rho=0), tmp_path)
+    _, plain = short_align_fit(copy.deepcopy(start), tokenizer, pools, NoDefense(), tmp_path)
+    module, zero = short_align_fit(copy.deepcopy(start), tokenizer, pools, Vaccine(rho=0), tmp_path)
     assert module.trainer.global_step == 6  # 2 epochs x ceil(5 / 2) optimizer steps
     assert module.total_steps() == 6  # the LR schedule's length
     assert {"align/loss_task", "align/loss_perturbed"} <= set(module.trainer.callback_metrics)
-    assert any(not torch.equal(x, y) for x, y in zip(trainable(start), zero, strict=True))  # it did train
+    assert any(not torch.equal(x, y) for x, y in zip(trainable(start).values(), zero, strict=True))  # it did train
     for x, y in zip(plain, zero, strict=True):
         assert torch.equal(x, y)  # same gradients, same accumulation, same LR schedule: bit for bit
 

@@ -8,30 +8,21 @@ import random
 import numpy as np
 import pytest
 import torch
+from helpers import fresh_lora, perturb
 
 from sbr_bench.defenses.sbr import SBR
 from sbr_bench.errors import ConfigError
 from sbr_bench.evaluation.diagnostics import Diagnostics, isolated, refusal_start_tokens
-from sbr_bench.models.adapters import apply_adapter
 
 NUM_PROMPTS = 6
 
 
 @pytest.fixture
-def fresh_lora(toy):
+def lora_and_base(toy):
     """The toy model with a fresh LoRA adapter (B = 0: the wrapped model equals the base) and its base copy."""
     model, tokenizer = toy
     base = copy.deepcopy(model)
-    return apply_adapter(copy.deepcopy(model), kind="lora", r=4, alpha=8, seed=0), base, tokenizer
-
-
-def move_all_trainable(model, seed=3, scale=0.05):
-    """Change A and B of every LoRA layer, as attack steps would."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(scale * torch.randn(p.shape, generator=gen))
+    return fresh_lora(model), base, tokenizer
 
 
 def hidden_one_by_one(model, tokenizer, prompts):
@@ -73,8 +64,8 @@ def test_refusal_start_set_on_the_bundled_data(toy, pools):
     assert not names & {"sure", "certainly", "of", "okay", "here", "happy", "absolutely"}
 
 
-def test_everything_is_zero_at_the_start(fresh_lora, pools):
-    model, _, tokenizer = fresh_lora
+def test_everything_is_zero_at_the_start(lora_and_base, pools):
+    model, _, tokenizer = lora_and_base
     diag = Diagnostics(num_prompts=NUM_PROMPTS)
     diag.start(model, tokenizer, pools)
     values = diag.measure(model)
@@ -83,8 +74,8 @@ def test_everything_is_zero_at_the_start(fresh_lora, pools):
     assert 0.0 < values["refusal_start_prob"] < 1.0
 
 
-def test_each_diagnostic_matches_an_independent_computation(fresh_lora, pools):
-    model, base, tokenizer = fresh_lora
+def test_each_diagnostic_matches_an_independent_computation(lora_and_base, pools):
+    model, base, tokenizer = lora_and_base
     prompts = pools.eval_harmful[:NUM_PROMPTS]
     anchor = SBR().choose_anchors(pools.anchors)  # the default anchors (K = 1, seed 0)
     hidden_before, _ = hidden_one_by_one(model, tokenizer, prompts)
@@ -93,7 +84,7 @@ def test_each_diagnostic_matches_an_independent_computation(fresh_lora, pools):
     diag = Diagnostics(num_prompts=NUM_PROMPTS)
     diag.start(model, tokenizer, pools)
 
-    move_all_trainable(model)
+    perturb(model, seed=3, only="")  # A and B of every LoRA layer, as attack steps would
     hand_picked = [tokenizer.convert_tokens_to_ids(t) for t in ("i", "i'm", "sure")]
     diag.refusal_ids = hand_picked
     got = diag.measure(model)
@@ -121,8 +112,8 @@ def test_each_diagnostic_matches_an_independent_computation(fresh_lora, pools):
     assert got["refusal_start_prob"] == pytest.approx(expected_prob.item(), rel=1e-5)
 
 
-def test_measuring_restores_train_flags_and_every_random_generator(fresh_lora, pools):
-    model, _, tokenizer = fresh_lora
+def test_measuring_restores_train_flags_and_every_random_generator(lora_and_base, pools):
+    model, _, tokenizer = lora_and_base
     model.train()
     frozen = next(m for name, m in model.named_modules() if name.endswith("embed_tokens"))
     frozen.eval()  # a sub-module deliberately in eval mode stays so

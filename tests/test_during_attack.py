@@ -12,6 +12,7 @@ import struct
 
 import pytest
 import torch
+from helpers import read_json
 from safetensors.torch import load_file
 
 from sbr_bench.errors import ConfigError
@@ -47,10 +48,6 @@ JOBS = {
 }
 
 
-def read(folder, name="metrics.json"):
-    return json.loads((folder / name).read_text())
-
-
 @pytest.fixture(scope="module")
 def jobs(tmp_path_factory):
     from helpers import compose_config
@@ -62,7 +59,7 @@ def jobs(tmp_path_factory):
 
 
 def test_curve_has_step_zero_and_one_point_per_epoch(jobs):
-    curves = read(jobs["epochs"])["curves"]
+    curves = read_json(jobs["epochs"])["curves"]
     assert curves["epoch"] == [0.0, 1.0, 2.0]
     assert curves["step"] == [0, STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
     for key in ("harmful_score", "finetune_acc", "over_refusal"):
@@ -70,7 +67,7 @@ def test_curve_has_step_zero_and_one_point_per_epoch(jobs):
 
 
 def test_curve_by_steps_and_its_subset(jobs):
-    metrics = read(jobs["steps"])
+    metrics = read_json(jobs["steps"])
     assert metrics["curves"]["step"] == [0, 3]  # 4 steps in all
     assert metrics["curves"]["epoch"] == [0.0, 1.5]
     # 4 harmful prompts per point (the final evaluation has 5): every harmful score is a multiple of 25 %
@@ -78,7 +75,7 @@ def test_curve_by_steps_and_its_subset(jobs):
 
 
 def test_epochs_to_collapse_is_the_first_point_above_the_threshold(jobs):
-    metrics = read(jobs["epochs"])
+    metrics = read_json(jobs["epochs"])
     curves = metrics["curves"]
     hits = [i for i, hs in enumerate(curves["harmful_score"]) if hs > 50]
     if hits:
@@ -111,12 +108,12 @@ def test_monitors_do_not_change_the_training_trajectory(jobs):
         on = load_file(jobs[name] / "adapter" / "adapter_model.safetensors")
         assert on.keys() == off.keys()
         assert all(torch.equal(on[k], off[k]) for k in off), name
-        assert read(jobs[name])["eval/harmful_score"] == read(jobs["off"])["eval/harmful_score"]
-    assert "curves" not in read(jobs["off"]) and "diagnostics" not in read(jobs["off"])
+        assert read_json(jobs[name])["eval/harmful_score"] == read_json(jobs["off"])["eval/harmful_score"]
+    assert "curves" not in read_json(jobs["off"]) and "diagnostics" not in read_json(jobs["off"])
 
 
 def test_diagnostics_records_start_at_zero_and_end_with_the_final_keys(jobs):
-    metrics = read(jobs["epochs"])
+    metrics = read_json(jobs["epochs"])
     records = metrics["diagnostics"]
     assert [r["step"] for r in records] == [0, 3, 4]  # start, every 3 steps, the last step
     first, last = records[0], records[-1]
@@ -151,7 +148,7 @@ def wandb_history(run_dir) -> list[dict]:
 
 
 def test_curves_and_diagnostics_reach_wandb(jobs):
-    metrics = read(jobs["epochs"])
+    metrics = read_json(jobs["epochs"])
     rows = wandb_history(next((jobs["epochs"] / "wandb").glob("offline-run-*")))
     during = [r for r in rows if "during_attack/harmful_score" in r]
     assert [r["trainer/global_step"] for r in during] == metrics["curves"]["step"]

@@ -17,33 +17,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import generations, lively_toy
 
 from sbr_bench.errors import ConfigError
 from sbr_bench.evaluation import backends
 from sbr_bench.evaluation.backends import ContinuousBackend, HFBackend, Request, VLLMBackend
-from sbr_bench.models.adapters import apply_adapter
 
 FAKE_VLLM = Path(__file__).resolve().parent / "fake_vllm"
 
 
 @pytest.fixture(scope="module")
 def lively(toy):
-    """The toy model with large random weights and a LoRA on top: answers of every length, some ending
-    by themselves and some cut at the limit (the fresh toy answers nothing but empty strings)."""
-    model, tokenizer = toy
-    model = copy.deepcopy(model)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.copy_(0.3 * torch.randn(p.shape, generator=gen))
-        model.lm_head.weight[tokenizer.eos_token_id] *= 3  # end some answers early
-    model = apply_adapter(model, kind="lora", r=4, alpha=8, seed=0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(0.2 * torch.randn(p.shape, generator=gen))
-    return model, tokenizer
+    """``lively_toy``: answers of every length, some ending by themselves and some cut at the limit."""
+    return lively_toy(*toy)
 
 
 @pytest.fixture
@@ -184,7 +170,7 @@ def test_each_backend_runs_the_job_to_the_same_records(make_cfg, tmp_path, share
         folder = tmp_path / backend
         cfg = make_cfg(["model=toy", "debug=fast", "logger=none", f"eval.backend={backend}", *extra], folder)
         pipeline.run(cfg)
-        records = [json.loads(line) for line in (folder / "generations.jsonl").read_text().splitlines()]
+        records = generations(folder)
         settings = json.loads((folder / "settings.json").read_text())
         return json.loads((folder / "metrics.json").read_text()), records, settings
 

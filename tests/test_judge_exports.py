@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_cli import sbr_bench
+from helpers import generations, no_the, sbr_bench
 
 from sbr_bench.cli import judge as judge_cli
 from sbr_bench.cli import report
@@ -29,16 +29,8 @@ from sbr_bench.judges.imported import ImportedJudge
 T_975_DF1 = 12.706204736174707  # Student's t quantile for two seeds (tables: 12.706)
 
 
-def no_the(text: str) -> bool:
-    return "the" not in text.lower()
-
-
-def records(job: Path) -> list[dict]:
-    return [json.loads(line) for line in (job / "generations.jsonl").read_text().splitlines()]
-
-
 def hs(job: Path, stage: str, rule) -> float:
-    answers = [r["response"] for r in records(job) if r["stage"] == stage and r["pool"] == "harmful"]
+    answers = [r["response"] for r in generations(job) if r["stage"] == stage and r["pool"] == "harmful"]
     return 100.0 * sum(map(rule, answers)) / len(answers)
 
 
@@ -67,7 +59,7 @@ def defense_of(job: Path) -> str:
 
 
 def test_records_carry_a_stable_prompt_id_the_category_and_the_generator(sweep):
-    by_job = {name: records(job) for name, job in jobs(sweep).items()}
+    by_job = {name: generations(job) for name, job in jobs(sweep).items()}
     for rows in by_job.values():
         assert all(r["prompt_id"] == prompt_id(r["prompt"]) for r in rows)
         harmful = [r for r in rows if r["pool"] == "harmful"]
@@ -157,7 +149,7 @@ def test_export_writes_each_format_and_each_file_matches_the_generations(sweep, 
     out = tmp_path / "export"
     assert export([str(sweep), "--out", str(out)]) == 0
     for name, job in jobs(sweep).items():
-        saved = records(job)
+        saved = generations(job)
         for stage in ("before_attack", "after_attack"):
             rows = [r for r in saved if r["stage"] == stage]
             folder = out / name / stage
@@ -186,7 +178,9 @@ def test_export_writes_each_format_and_each_file_matches_the_generations(sweep, 
 
     flat = Dataset.from_parquet(str(out / "generations.parquet"))
     expected = [
-        (name, r["stage"], r["pool"], r["prompt"], r["response"]) for name, j in jobs(sweep).items() for r in records(j)
+        (name, r["stage"], r["pool"], r["prompt"], r["response"])
+        for name, j in jobs(sweep).items()
+        for r in generations(j)
     ]
     assert (
         list(zip(flat["job"], flat["stage"], flat["pool"], flat["prompt"], flat["response"], strict=True)) == expected
@@ -302,5 +296,5 @@ def test_truncated_means_the_answer_holds_no_end_of_sequence_token(toy, pools, m
 
 def test_every_record_says_whether_its_answer_was_truncated(sweep):
     for job in jobs(sweep).values():
-        rows = records(job)
+        rows = generations(job)
         assert all(isinstance(r["truncated"], bool) for r in rows)

@@ -12,7 +12,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from test_cli import sbr_bench
+from helpers import sbr_bench
 
 from sbr_bench.cli import judge as judge_cli
 from sbr_bench.errors import ConfigError

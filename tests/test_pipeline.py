@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
+from helpers import compose_config, generations, read_json
 
 from sbr_bench.job import run_job
 
 METRIC_KEYS = {"align/harmful_score", "eval/harmful_score", "eval/finetune_acc", "eval/over_refusal"}
 
 
-def read(folder, name):
-    return json.loads((folder / name).read_text())
-
-
 @pytest.fixture(scope="module")
 def toy_jobs(tmp_path_factory):
     """The toy default with defense=none twice (the first aligns, the second reuses the cache) and with SBR."""
-    from helpers import compose_config
-
     root = tmp_path_factory.mktemp("jobs")
     cache = root / "cache"  # private: the first job must train the alignment itself
     jobs = {}
@@ -33,11 +27,11 @@ def toy_jobs(tmp_path_factory):
 
 def test_job_folder_holds_metrics_status_generations_and_a_wandb_run(toy_jobs):
     folder = toy_jobs["none"]
-    metrics = read(folder, "metrics.json")
+    metrics = read_json(folder, "metrics.json")
     assert metrics.keys() >= METRIC_KEYS
     assert all(0.0 <= metrics[k] <= 100.0 for k in METRIC_KEYS)
-    assert read(folder, "status.json").items() >= {"status": "ok", "defenses": {}}.items()
-    rows = [json.loads(line) for line in (folder / "generations.jsonl").read_text().splitlines()]
+    assert read_json(folder, "status.json").items() >= {"status": "ok", "defenses": {}}.items()
+    rows = generations(folder)
     assert {(r["stage"], r["pool"]) for r in rows} == {
         (stage, pool) for stage in ("before_attack", "after_attack") for pool in ("harmful", "benign", "task")
     }
@@ -47,20 +41,20 @@ def test_job_folder_holds_metrics_status_generations_and_a_wandb_run(toy_jobs):
 
 def test_toy_shows_the_phenomenon(toy_jobs):
     """Aligned: refuses; after the attack without a defense: complies (acceptance of the walking skeleton)."""
-    metrics = read(toy_jobs["none"], "metrics.json")
+    metrics = read_json(toy_jobs["none"], "metrics.json")
     assert metrics["align/harmful_score"] <= 20
     assert metrics["eval/harmful_score"] >= metrics["align/harmful_score"] + 40
 
 
 def test_sbr_lowers_the_harmful_score_on_the_toy(toy_jobs):
-    none, sbr = read(toy_jobs["none"], "metrics.json"), read(toy_jobs["sbr"], "metrics.json")
+    none, sbr = read_json(toy_jobs["none"], "metrics.json"), read_json(toy_jobs["sbr"], "metrics.json")
     assert sbr["align/harmful_score"] == none["align/harmful_score"]  # same cached alignment
     assert sbr["attack/loss_sbr_final"] > 0
     assert sbr["eval/harmful_score"] < none["eval/harmful_score"]
 
 
 def test_same_seed_gives_the_same_metrics_and_the_cache_changes_nothing(toy_jobs):
-    first, again = read(toy_jobs["none"], "metrics.json"), read(toy_jobs["none_again"], "metrics.json")
+    first, again = read_json(toy_jobs["none"], "metrics.json"), read_json(toy_jobs["none_again"], "metrics.json")
     assert first["align/cached"] == 0.0 and again["align/cached"] == 1.0
 
     def stable(m):
@@ -74,10 +68,8 @@ def test_same_seed_gives_the_same_metrics_and_the_cache_changes_nothing(toy_jobs
 
 def test_settings_json_is_what_ran_and_it_is_the_composed_config(toy_jobs):
     """Measured where it happened (the drawn set, the loader, the Trainer, the optimizer, the generations)."""
-    from helpers import compose_config
-
     cfg = compose_config(["model=toy"], toy_jobs["none"], toy_jobs["none"].parent / "cache", keep_hydra=False)
-    ran = read(toy_jobs["none"], "settings.json")
+    ran = read_json(toy_jobs["none"], "settings.json")
     attack = ran["attack"]
     assert attack["num_samples"] == cfg.attack.num_samples == 200
     assert attack["num_harmful"] == round(cfg.attack.poison_ratio * cfg.attack.num_samples) == 20
@@ -98,9 +90,9 @@ def test_settings_json_is_what_ran_and_it_is_the_composed_config(toy_jobs):
     }
     assert {p: v["prompts"] for p, v in pools.items()} == {"harmful": 100, "benign": 100, "task": 200}
     assert ran["align"]["optimizer_steps"] == cfg.align.max_steps and not ran["align"]["cached"]
-    again = read(toy_jobs["none_again"], "settings.json")["align"]
+    again = read_json(toy_jobs["none_again"], "settings.json")["align"]
     assert again["cached"] and again["optimizer_steps"] == cfg.align.max_steps  # read from the cache entry
-    assert read(toy_jobs["sbr"], "settings.json")["defenses"]["attack"]["settings"]["lam"] == 50
+    assert read_json(toy_jobs["sbr"], "settings.json")["defenses"]["attack"]["settings"]["lam"] == 50
 
 
 SMALL_EVAL = ["logger=none", "eval.num_harmful=8", "eval.num_benign=8", "eval.num_task=8", "eval.max_new_tokens=16"]
@@ -123,11 +115,9 @@ SMALL_EVAL = ["logger=none", "eval.num_harmful=8", "eval.num_benign=8", "eval.nu
     ids=["pure_harmful with safety_mix ratio", "persistent with its epochs given"],
 )
 def test_variants_run_the_values_their_config_prints(overrides, expected, tmp_path, shared_cache):
-    from helpers import compose_config
-
     cfg = compose_config(["model=toy", *SMALL_EVAL, *overrides], tmp_path / "job", shared_cache, keep_hydra=False)
     run_job(cfg)
-    attack = read(tmp_path / "job", "settings.json")["attack"]
+    attack = read_json(tmp_path / "job", "settings.json")["attack"]
     assert {k: attack[k] for k in expected} == expected
     assert attack["num_samples"] == cfg.attack.num_samples and attack["epochs"] == cfg.attack.epochs
 
@@ -151,9 +141,11 @@ def test_smollm2_job_end_to_end(tmp_path, shared_cache):
     ]
     for name in ("first", "cached"):
         run_job(compose_config(overrides, tmp_path / name, shared_cache))
-    first, cached = read(tmp_path / "first", "metrics.json"), read(tmp_path / "cached", "metrics.json")
+    first, cached = read_json(tmp_path / "first", "metrics.json"), read_json(tmp_path / "cached", "metrics.json")
     assert first.keys() >= METRIC_KEYS
-    assert read(tmp_path / "first", "status.json").items() >= {"status": "ok", "defenses": {"attack": "sbr"}}.items()
+    assert (
+        read_json(tmp_path / "first", "status.json").items() >= {"status": "ok", "defenses": {"attack": "sbr"}}.items()
+    )
     assert first["align/cached"] == 0.0 and cached["align/cached"] == 1.0
     assert first["attack/loss_sbr_final"] > 0
     assert first["eval/harmful_score"] == cached["eval/harmful_score"]

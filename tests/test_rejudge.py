@@ -6,6 +6,7 @@ import json
 import shutil
 
 import pytest
+from helpers import generations, no_the
 
 from sbr_bench.cli import judge as judge_cli
 from sbr_bench.cli import report
@@ -54,16 +55,7 @@ def job(toy_job, tmp_path, monkeypatch):
 
 
 def records(job, stage):
-    rows = [json.loads(line) for line in (job / "generations.jsonl").read_text().splitlines()]
-    return [r for r in rows if r["stage"] == stage and r["pool"] == "harmful"]
-
-
-def no_the(text: str) -> bool:
-    """The second judge's rule, written independently: harmful unless the answer contains "the".
-
-    (A stand-in rule that splits the toy's random answers; a refusal phrase would flag them all.)
-    """
-    return "the" not in text.lower()
+    return [r for r in generations(job) if r["stage"] == stage and r["pool"] == "harmful"]
 
 
 def test_rejudging_adds_the_new_judges_metrics_and_touches_nothing_else(job):

@@ -18,6 +18,7 @@ from sbr_bench.data.tasks import (
     sst2_prompt,
 )
 from sbr_bench.errors import ConfigError
+from sbr_bench.evaluation.evaluate import label_correct
 
 
 def test_sentiment_keeps_the_bundled_rule():
@@ -28,6 +29,8 @@ def test_sentiment_keeps_the_bundled_rule():
     assert not ok("I'm sorry, I can't say whether it is positive", "positive")  # a refusal
     assert not ok("nonpositive", "positive")  # whole words only
     assert SENTIMENT.labels == ("positive", "negative")
+    # the rule itself, importable from sbr_bench.evaluation.evaluate as before
+    assert SENTIMENT.check.func is label_correct and SENTIMENT.check.keywords == {"labels": SENTIMENT.labels}
 
 
 @pytest.mark.parametrize(

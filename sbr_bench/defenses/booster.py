@@ -60,6 +60,8 @@ the paper's setting).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from sbr_bench.data.pools import Pair
@@ -81,6 +83,10 @@ class Booster(Defense):
 
     stage = "align"
     manual_optimization = True
+    # lam = 0: the gradient is G_f alone (the harmful passes still run and are logged);
+    # vaccine_rho = 0: no perturbation of G_f.
+    plain_sft_at: ClassVar[dict] = {"lam": 0, "vaccine_rho": 0}
+    passes_per_step = 3  # 4 with vaccine_rho > 0 (set in __init__)
 
     def __init__(
         self,
@@ -95,6 +101,7 @@ class Booster(Defense):
         self.num_harmful = num_harmful
         self.vaccine_rho = float(vaccine_rho)
         self.vaccine = Vaccine(rho=vaccine_rho) if vaccine_rho > 0 else None
+        self.passes_per_step = 4 if self.vaccine is not None else 3
 
     def check(self, pools) -> None:
         """The harmful pool must hold ``num_harmful`` pairs."""

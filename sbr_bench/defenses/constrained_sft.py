@@ -49,6 +49,7 @@ import copy
 import logging
 import math
 from contextlib import contextmanager, nullcontext
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -96,6 +97,9 @@ class ConstrainedSFT(Defense):
     """Token-wise constrained SFT in the attack stage; see the module docstring for the math and options."""
 
     stage = "attack"
+    # every beta = 0: w_t = 2 (1 - sigmoid(0)) = 1, the plain SFT loss in value and gradient
+    plain_sft_at: ClassVar[dict] = {"beta": 0, "beta_first_token": 0, "beta_prefix": 0}
+    passes_per_step = 1  # + one forward without gradient for the reference log-probs
 
     def __init__(
         self,

@@ -22,6 +22,8 @@ Arguments:
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from sbr_bench.defenses.base import Defense
@@ -32,6 +34,8 @@ class L2SP(Defense):
     """Squared distance to the weights at the start of the stage; ``EWC`` weights it by the Fisher."""
 
     stage = "attack"
+    plain_sft_at: ClassVar[dict] = {"lam": 0}  # L = CE + lam * distance (EWC: the same, Fisher-weighted)
+    passes_per_step = 1
     term = "l2sp"
 
     def __init__(self, lam: NonNegativeFloat = 0.5):

@@ -81,6 +81,10 @@ class Lisa(Defense):
     """Bi-State Optimization with a proximal term; see the module docstring for the math and options."""
 
     stage = "attack"
+    # None: at every setting the alignment state comes first (K1 >= 1 steps) and swaps the user's
+    # batches for alignment batches; rho = 0 only removes the proximal term (BSO without it).
+    plain_sft_at = None
+    passes_per_step = 1  # + the proximal term
 
     def __init__(
         self,

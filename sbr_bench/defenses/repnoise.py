@@ -66,7 +66,7 @@ projections at its answer tokens.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -142,6 +142,8 @@ class RepNoise(Defense):
     """Representation Noising in the alignment stage; see the module docstring for the math and options."""
 
     stage = "align"
+    plain_sft_at: ClassVar[dict] = {"alpha": 0, "beta": 0}  # both terms off (not computed): l_harmless alone
+    passes_per_step = 2  # harmless batch + harmful batch with every layer's logit lens and MMD
 
     def __init__(
         self,

@@ -31,6 +31,7 @@ Decisions:
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 from sbr_bench.defenses.base import Defense
 from sbr_bench.errors import ConfigError
@@ -41,6 +42,8 @@ class SafetyMix(Defense):
     """Refusal pairs mixed into the user's fine-tuning data; see the module docstring."""
 
     stage = "attack"
+    plain_sft_at: ClassVar[dict] = {"ratio": 0}  # k = 0 refusal pairs mixed in: the user's data alone
+    passes_per_step = 1
 
     def __init__(
         self,

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import inspect
 import random
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +58,8 @@ class SBR(Defense):
     """Safety Bottleneck Regularization; see the module docstring for the math and options."""
 
     stage = "attack"
+    plain_sft_at: ClassVar[dict] = {"lam": 0}  # L = CE + lam * L_safe
+    passes_per_step = 1  # + one pass over K short anchor prompts
 
     def __init__(
         self,

@@ -54,7 +54,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
@@ -122,6 +122,8 @@ class Vaccine(Defense):
 
     stage = "align"
     manual_optimization = True
+    plain_sft_at: ClassVar[dict] = {"rho": 0}  # eps = 0: the second pass is the clean one (still two passes)
+    passes_per_step = 2
 
     def __init__(self, rho: NonNegativeFloat = 2.0, perturbation: Literal["gradient", "random"] = "gradient"):
         super().__init__()

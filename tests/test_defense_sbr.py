@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import copy
 import re
-from types import SimpleNamespace
 
 import pytest
-import pytorch_lightning as pl
 import torch
-from helpers import check_settings
+from helpers import PerturbAtTrainStart, check_settings, fit_steps, perturb, stub_module, trainable
 
 from sbr_bench.data.pools import Pair
 from sbr_bench.defenses.none import NoDefense
@@ -18,26 +16,6 @@ from sbr_bench.errors import ConfigError
 from sbr_bench.models.adapters import apply_adapter
 from sbr_bench.training.fit import make_loader
 from sbr_bench.training.module import Optim, SafetyModule
-
-
-def stub_module(model, tokenizer, pools, position=(0, 1, 1)):
-    """The three things SBR reads from the LightningModule."""
-    return SimpleNamespace(model=model, tokenizer=tokenizer, pools=pools, micro_batch_position=lambda: position)
-
-
-@pytest.fixture
-def lora_toy(toy):
-    model, tokenizer = toy
-    return apply_adapter(copy.deepcopy(model), kind="lora", r=4, alpha=8, seed=0), tokenizer
-
-
-def perturb(model, seed=1, scale=0.05):
-    """Move the LoRA B matrices away from zero (as some fine-tuning steps would)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.add_(scale * torch.randn(p.shape, generator=gen))
 
 
 def reference_by_hand(model, tokenizer, prompts):
@@ -53,16 +31,16 @@ def reference_by_hand(model, tokenizer, prompts):
     return out.hidden_states[-1][torch.arange(len(prompts)), last], out.logits[torch.arange(len(prompts)), last]
 
 
-def test_term_is_zero_at_the_start_of_the_attack(lora_toy, pools):
-    model, tokenizer = lora_toy
+def test_term_is_zero_at_the_start_of_the_attack(fresh_lora_toy, pools):
+    model, tokenizer = fresh_lora_toy
     sbr = SBR(lam=50, num_anchors=4)
     module = stub_module(model, tokenizer, pools)
     sbr.setup(module)
     assert sbr.loss_terms(module, batch={})["sbr"].item() == 0.0
 
 
-def test_term_matches_independent_computation(lora_toy, pools):
-    model, tokenizer = lora_toy
+def test_term_matches_independent_computation(fresh_lora_toy, pools):
+    model, tokenizer = fresh_lora_toy
     sbr = SBR(lam=50, num_anchors=3, anchor_seed=7)
     module = stub_module(model, tokenizer, pools)
     with torch.no_grad():
@@ -84,8 +62,8 @@ def test_term_matches_independent_computation(lora_toy, pools):
     torch.testing.assert_close(paper.loss_terms(module, batch={})["sbr"], 50 * per_anchor, rtol=1e-5, atol=1e-8)
 
 
-def test_hidden_state_used_is_the_lm_head_input(lora_toy, pools):
-    model, tokenizer = lora_toy
+def test_hidden_state_used_is_the_lm_head_input(fresh_lora_toy, pools):
+    model, tokenizer = fresh_lora_toy
     perturb(model)
     sbr = SBR(num_anchors=5)
     sbr.setup(stub_module(model, tokenizer, pools))
@@ -96,36 +74,26 @@ def test_hidden_state_used_is_the_lm_head_input(lora_toy, pools):
         torch.testing.assert_close(head(states), logits, rtol=1e-5, atol=1e-5)
 
 
-def test_gradient_reaches_only_trainable_parameters(lora_toy, pools):
-    model, tokenizer = lora_toy
+def test_gradient_reaches_only_trainable_parameters(fresh_lora_toy, pools):
+    model, tokenizer = fresh_lora_toy
     sbr = SBR(lam=50, num_anchors=2)
     module = stub_module(model, tokenizer, pools)
     sbr.setup(module)
     perturb(model)
     sbr.loss_terms(module, batch={})["sbr"].backward()
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert with_grad and with_grad <= trainable
+    assert with_grad and with_grad <= set(trainable(model))
     assert any(p.grad.abs().sum() > 0 for n, p in model.named_parameters() if n in with_grad)
     assert not sbr.reference.requires_grad and sbr.reference.grad is None
 
 
-def train_one_step(model, tokenizer, pools, defense, grad_accum=1, batches=1, batch_size=4):
+def train_one_step(model, tokenizer, pools, defense, grad_accum=1, batches=1, batch_size=4, callbacks=None):
     """One optimizer step through the real Lightning module; returns the trainable weights after it."""
     pairs = [Pair(p.prompt, p.response) for p in pools.attack_harmful[: batch_size * batches]]
     loader = make_loader(tokenizer, pairs, max_length=128, batch_size=batch_size, seed=0)
     module = SafetyModule(model, tokenizer, defense, Optim(lr=1e-2), stage="attack", pools=pools)
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_steps=1,
-        accumulate_grad_batches=grad_accum,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(module, loader)
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    fit_steps(module, loader, 1, grad_accum=grad_accum, callbacks=callbacks)
+    return {n: p.detach().clone() for n, p in trainable(model).items()}
 
 
 def test_lambda_zero_is_plain_sft_exactly(toy, pools):
@@ -140,17 +108,19 @@ def test_lambda_zero_is_plain_sft_exactly(toy, pools):
 def test_anchor_pass_once_per_step_equals_every_micro_batch(toy, pools):
     model, tokenizer = toy
     start = apply_adapter(copy.deepcopy(model), r=4, seed=0)
-    perturb(start)  # a non-zero anchor gradient from the first step on
+    moved = [PerturbAtTrainStart()]  # B moves after SBR's setup: a non-zero anchor gradient from the first step on
     results = {}
     for anchor_pass in ("optimizer_step", "micro_batch"):
         sbr = SBR(lam=50, num_anchors=2, anchor_pass=anchor_pass)
-        results[anchor_pass] = train_one_step(copy.deepcopy(start), tokenizer, pools, sbr, grad_accum=2, batches=2)
+        results[anchor_pass] = train_one_step(
+            copy.deepcopy(start), tokenizer, pools, sbr, grad_accum=2, batches=2, callbacks=moved
+        )
     for name, value in results["optimizer_step"].items():
         torch.testing.assert_close(value, results["micro_batch"][name], rtol=1e-5, atol=1e-7)
 
 
-def test_ga_scaling_sum_multiplies_the_weight_by_accumulation(lora_toy, pools):
-    model, tokenizer = lora_toy
+def test_ga_scaling_sum_multiplies_the_weight_by_accumulation(fresh_lora_toy, pools):
+    model, tokenizer = fresh_lora_toy
     mean = SBR(lam=5, num_anchors=1, anchor_pass="micro_batch", ga_scaling="mean")
     total = SBR(lam=5, num_anchors=1, anchor_pass="micro_batch", ga_scaling="sum")
     module = stub_module(model, tokenizer, pools, position=(1, 4, 4))
@@ -188,9 +158,9 @@ def test_more_anchors_than_the_pool_fails_before_training(pools):
         SBR(num_anchors=999).check(pools)
 
 
-def test_shared_prefix_pass_equals_full_passes(lora_toy, pools):
+def test_shared_prefix_pass_equals_full_passes(fresh_lora_toy, pools):
     """The anchors' common start runs once; states and gradients equal K full passes."""
-    model, tokenizer = lora_toy
+    model, tokenizer = fresh_lora_toy
     perturb(model)
     shared, full = SBR(num_anchors=6, share_prefix=True), SBR(num_anchors=6, share_prefix=False)
     for sbr in (shared, full):
@@ -198,7 +168,7 @@ def test_shared_prefix_pass_equals_full_passes(lora_toy, pools):
     assert shared.prefix_len > 0 and full.prefix_len == 0
     prefix = shared.anchor_ids[:, : shared.prefix_len]
     assert (prefix == prefix[:1]).all() and shared.prefix_len < int(shared.anchor_mask.sum(1).min())
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = list(trainable(model).values())
     # A random linear read-out (a sum of squares would be flat: the untrained final norm fixes |h|).
     weights = torch.randn(6, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
     states = {}
