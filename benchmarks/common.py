@@ -59,13 +59,6 @@ def compose(overrides: list[str]):
         return hydra_compose("config", overrides=overrides)
 
 
-def defense_options() -> list[str]:
-    """Every defense option: the YAML files of ``conf/defense/``, sorted."""
-    from sbr_bench import CONF_DIR
-
-    return sorted(p.stem for p in (Path(CONF_DIR) / "defense").glob("*.yaml"))
-
-
 def write_record(name: str, record: dict) -> Path:
     """``benchmarks/results/<name>.json`` with the machine and the time of the run."""
     RESULTS.mkdir(exist_ok=True)

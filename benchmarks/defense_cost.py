@@ -33,7 +33,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pytorch_lightning as pl
-from common import compose, defense_options, write_record
+from common import compose, write_record
+
+from sbr_bench.defenses import defense_options
 
 BATCH_SIZE, SEQ_LEN = 8, 128
 

@@ -33,7 +33,7 @@ from sbr_bench.attacks.attack_set import attack_set_from_config, num_harmful
 from sbr_bench.attacks.distance_cap import DistanceCap
 from sbr_bench.context import JobContext
 from sbr_bench.data.formatting import apply_prompt_format, with_prompt_format
-from sbr_bench.defenses.base import Defense
+from sbr_bench.defenses.base import STAGES, Defense
 from sbr_bench.defenses.none import NoDefense
 from sbr_bench.errors import ConfigError
 from sbr_bench.evaluation import backends
@@ -69,7 +69,6 @@ def eval_device(trainer_cfg: dict) -> torch.device:
 
 
 DEFENSE_SLOTS = ("defense", "stack")
-STAGES = ("align", "attack", "post")
 
 
 def stage_defenses(cfg: DictConfig) -> dict[str, tuple[Defense, dict | None]]:

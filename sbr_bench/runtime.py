@@ -55,13 +55,16 @@ def override_key(override: str) -> str:
 def varying_keys(sweep_overrides: list[str]) -> list[str]:
     """The keys a sweep gives more than one value (``defense=none,sbr``, ``seed=range(3)``, a search space)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import Glob
 
     varying = []
     for override in OverridesParser.create().parse_overrides(sweep_overrides):
         if not override.is_sweep_override():
             continue
-        # A list or range with one value does not vary; an interval (a search space) always does.
-        if not override.is_discrete_sweep() or len(list(override.sweep_string_iterator())) > 1:
+        # A list or range with one value does not vary; an interval (a search space) or a glob over a
+        # config group (``defense=glob(*)``, expanded by the sweeper) always does.
+        glob = isinstance(override.value(), Glob)
+        if glob or not override.is_discrete_sweep() or len(list(override.sweep_string_iterator())) > 1:
             varying.append(override.get_key_element().lstrip("+~"))
     return varying
 

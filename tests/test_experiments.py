@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 from helpers import assert_runs_its_config
 from omegaconf import OmegaConf
 
 from sbr_bench import CONF_DIR
+from sbr_bench.cli.precheck import config_loader, parse
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 PAPER_SCALE = ["sbr_table1", "poison_ratio", "lambda_sweep", "num_anchors", "persistent_hft"]
@@ -20,10 +19,13 @@ WORST_CASE = [*SEARCHES, "attacker_grid", "attacker_grid_cpu", "attacker_grid_to
 
 
 def grid(cfg) -> list[list[str]]:
-    """The overrides of every job of the experiment's own sweep (the product of its params)."""
-    params = cfg.hydra.sweeper.params
-    axes = [[f"{key}={value}" for value in str(values).split(",")] for key, values in params.items()]
-    return [list(job) for job in itertools.product(*axes)]
+    """The overrides of every job of the experiment's own sweep, expanded as Hydra's basic sweeper does
+    it (a ``glob(*)`` over a config group included), through the pre-check's parser."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    params = [f"{key}={value}" for key, value in cfg.hydra.sweeper.params.items()]
+    (jobs,) = BasicSweeper.split_arguments(parse(params, config_loader(None)), None)
+    return [list(job) for job in jobs]
 
 
 def test_every_preset_the_issue_asks_for_exists_with_its_cpu_variant():
@@ -101,8 +103,9 @@ def test_grids_are_the_papers_grids(make_cfg):
 def test_the_table1_presets_sweep_every_defense_option(make_cfg):
     options = {p.stem for p in (CONF_DIR / "defense").glob("*.yaml")}
     for name in ("sbr_table1", "sbr_table1_cpu"):
-        swept = make_cfg([f"experiment={name}"]).hydra.sweeper.params.defense.split(",")
-        assert sorted(swept) == sorted(options), f"{name}: a new defense belongs in the table"
+        jobs = grid(make_cfg([f"experiment={name}"]))
+        swept = {o.removeprefix("defense=") for job in jobs for o in job if o.startswith("defense=")}
+        assert swept == options, f"{name}: every defense option belongs in the table"
 
 
 @pytest.mark.parametrize(("option", "seeds"), [("two", "0,1"), ("three", "0,1,2"), ("five", "0,1,2,3,4")])
@@ -121,7 +124,7 @@ def test_the_seeds_axis_adds_to_any_presets_grid(make_cfg, option, seeds):
     [
         (["experiment=lambda_sweep_cpu", "model=toy"], 5, "sbr-hft-toy-defense.lam=0-s0"),
         (["experiment=lambda_sweep_cpu", "model=toy", "seeds=two"], 10, "sbr-hft-toy-defense.lam=0-s0"),
-        (["experiment=sbr_table1"], 48, "none-hft-llama3_8b_instruct-data=beavertails_sst2-s0"),
+        (["experiment=sbr_table1"], 48, "booster-hft-llama3_8b_instruct-data=beavertails_sst2-s0"),
     ],
     ids=["lambda_sweep_cpu", "lambda_sweep_cpu x two seeds", "sbr_table1"],
 )
@@ -145,5 +148,6 @@ def test_the_runs_of_a_preset_get_distinct_wandb_names(args, count, first, tmp_p
             cfg.hydra.mode = RunMode.MULTIRUN
         HydraConfig.instance().set_config(cfg)
         names.append(run_name(cfg))
+    HydraConfig.instance().cfg = None  # a multirun Hydra config left behind would change later tests' jobs
     assert len(names) == len(set(names)) == count
     assert names[0] == first

@@ -105,11 +105,12 @@ def unknown_option(loader, name: str, overrides: list[str]) -> str | None:
     return None
 
 
-def parse(overrides: list[str]) -> list:
+def parse(overrides: list[str], loader=None) -> list:
+    """Hydra's parsed overrides; with the config loader a glob sweep (``defense=glob(*)``) can expand."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
-        return OverridesParser.create().parse_overrides(overrides)
+        return OverridesParser.create(config_loader=loader).parse_overrides(overrides)
     except Exception as err:  # Hydra's OverrideParseException: its first line says where
         raise ConfigError(first_line(err)) from None
 
@@ -148,7 +149,7 @@ def job_configs(loader, name: str, overrides: list[str], multirun: bool) -> list
         return [([o.input_line for o in parse(overrides) if not o.is_sweep_override()], master)]
     params = [f"{k}={v}" for k, v in (master.hydra.sweeper.get("params") or {}).items()]
     task = [o.input_line for o in parse(overrides) if not o.is_hydra_override()]
-    (grid,) = BasicSweeper.split_arguments(parse(params + task), None)
+    (grid,) = BasicSweeper.split_arguments(parse(params + task, loader), None)
     jobs = []
     for number, job in enumerate(grid):
         try:

@@ -26,6 +26,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
+from sbr_bench.defenses import defense_options
 from sbr_bench.reporting.aggregate import Setting
 from sbr_bench.reporting.collect import override_key, shared_overrides
 from sbr_bench.reporting.stats import finite, summarize
@@ -43,13 +44,6 @@ PALETTE = (  # matplotlib's tab10 without its grey, which is kept for defense=no
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf",
 )  # fmt: skip
 NONE_COLOUR = "#7f7f7f"
-
-
-def defense_options() -> list[str]:
-    """The defense options (``conf/defense/*.yaml``), sorted: the fixed order the colours follow."""
-    from sbr_bench import CONF_DIR
-
-    return sorted(p.stem for p in (Path(CONF_DIR) / "defense").glob("*.yaml"))
 
 
 def defense_colour(defense: str) -> str:

@@ -100,6 +100,11 @@ class SafetyModule(pl.LightningModule):
         self._defense_from_step = int(self.defense_start * self.total_steps())
         self.defense.setup(self)
 
+    def on_train_end(self) -> None:
+        # Automatic optimization leaves the last step's gradients on the parameters; drop them, so the
+        # evaluations and the next stage do not carry a gradient-sized copy of the trainable weights.
+        self.model.zero_grad(set_to_none=True)
+
     def defense_active(self) -> bool:
         """False during the plain-SFT steps before ``defense_start``."""
         return self.trainer.global_step >= self._defense_from_step
