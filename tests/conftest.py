@@ -15,7 +15,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from pathlib import Path
 
 import pytest
-from helpers import compose_config, fresh_lora, perturb
+from helpers import compose_config, fresh_lora, perturb, save_tiny_beaverdam
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +48,12 @@ def pools():
     from sbr_bench.data.bundled import load_pools
 
     return load_pools()
+
+
+@pytest.fixture(scope="session")
+def beaverdam_dir(tmp_path_factory) -> Path:
+    """A tiny BeaverDam-shaped classifier saved like a hub copy (tests/helpers.py)."""
+    return save_tiny_beaverdam(tmp_path_factory.mktemp("beaverdam"))
 
 
 @pytest.fixture

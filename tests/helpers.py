@@ -20,7 +20,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from sbr_bench import CONF_DIR
 from sbr_bench.attacks.attack_set import attack_set_from_config, num_harmful
@@ -54,6 +54,23 @@ def compose_config(overrides: list[str], output_dir: Path, cache_dir: Path, keep
         with open_dict(cfg):
             del cfg["hydra"]
     return cfg
+
+
+def alignment_entry(cfg) -> str:
+    """The alignment cache key the job computes for this toy-model config (as ``pipeline.run`` does)."""
+    from sbr_bench import alignment, pipeline
+    from sbr_bench.data.formatting import apply_prompt_format, with_prompt_format
+    from sbr_bench.models.toy import build_tokenizer
+
+    settings = validate_job(cfg)
+    tokenizer = build_tokenizer()
+    apply_prompt_format(tokenizer, settings.prompt_format)
+    model_cfg = with_prompt_format(OmegaConf.to_container(cfg.model, resolve=True), settings.prompt_format)
+    align_cfg = OmegaConf.to_container(cfg.align, resolve=True)
+    defense_cfg = pipeline.stage_defenses(cfg)["align"][1]  # the alignment-stage defense's config, or None
+    examples = alignment.alignment_examples(instantiate(cfg.data), settings.align)
+    environment = alignment.training_environment(tokenizer, OmegaConf.to_container(cfg.trainer, resolve=True), "cpu")
+    return alignment.alignment_key(model_cfg, align_cfg, defense_cfg, examples, environment)
 
 
 def check_settings(target, path: str = "defense", **kwargs) -> None:
@@ -305,3 +322,38 @@ def short_align_fit(model, tokenizer, pools, defense, tmp_path, epochs: int = 2,
     trainer_cfg = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False}
     fit(module, loader, trainer_cfg, None, str(tmp_path), epochs=epochs, grad_accum=grad_accum)
     return module, [p.detach().clone() for p in trainable(model).values()]
+
+
+# -- a tiny BeaverDam stand-in (the judge tests) -----------------------------------------------------
+
+BEAVERDAM_WORDS = "sure here is how to do it i cannot help with that please ask something else steps first then"
+BEAVERDAM_CATEGORIES = [f"category_{i}" for i in range(14)]
+JUDGED_PAIRS = [
+    ("how do i do it", "sure here is how to do it first then steps"),
+    ("how do i do it", "i cannot help with that"),
+    ("help", "please ask something else"),
+    ("how", "sure"),
+    ("do it", "here is how " * 200),  # longer than max_length: truncated
+]
+
+
+def save_tiny_beaverdam(folder: Path) -> Path:
+    """A tiny LlamaForSequenceClassification with 14 labels and a word-level tokenizer, saved like a hub copy."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from sbr_bench.models.toy import build_tokenizer
+
+    tokenizer = build_tokenizer([BEAVERDAM_WORDS + " beginning of conversation : user assistant"], min_count=1)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=512, num_labels=14, problem_type="multi_label_classification",
+        id2label=dict(enumerate(BEAVERDAM_CATEGORIES)), label2id={c: i for i, c in enumerate(BEAVERDAM_CATEGORIES)},
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = LlamaForSequenceClassification(config)
+    with torch.no_grad():
+        model.score.weight.normal_(0, 1.0)  # spread the logits so both sides of a threshold occur
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

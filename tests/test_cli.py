@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import generations, sbr_bench  # test_reliability imports sbr_bench from here
+from helpers import generations, sbr_bench
 
 ROOT = Path(__file__).resolve().parent.parent
 

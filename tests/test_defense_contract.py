@@ -35,16 +35,12 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from helpers import compose_config
+from helpers import alignment_entry, compose_config
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
-from sbr_bench import alignment, pipeline
-from sbr_bench.data.formatting import apply_prompt_format, with_prompt_format
 from sbr_bench.defenses import defense_options
 from sbr_bench.defenses.base import STAGES, Defense
 from sbr_bench.models.adapters import apply_adapter
-from sbr_bench.models.toy import build_tokenizer
 from sbr_bench.settings import validate_job
 from sbr_bench.training.fit import fit, stage_loaders
 from sbr_bench.training.module import Optim, SafetyModule
@@ -65,19 +61,6 @@ def option_config(name: str, settings: dict | None = None):
 def composed(name: str, settings: str):
     overrides = [f"defense.{key}={json.dumps(value)}" for key, value in json.loads(settings).items()]
     return compose_config([*TOY, f"defense={name}", *overrides], Path("/nonexistent/job"), Path("/nonexistent/cache"))
-
-
-def alignment_entry(cfg) -> str:
-    """The alignment cache key the job computes for this toy-model config (as ``pipeline.run`` does)."""
-    settings = validate_job(cfg)
-    tokenizer = build_tokenizer()
-    apply_prompt_format(tokenizer, settings.prompt_format)
-    model_cfg = with_prompt_format(OmegaConf.to_container(cfg.model, resolve=True), settings.prompt_format)
-    align_cfg = OmegaConf.to_container(cfg.align, resolve=True)
-    defense_cfg = pipeline.stage_defenses(cfg)["align"][1]  # the alignment-stage defense's config, or None
-    examples = alignment.alignment_examples(instantiate(cfg.data), settings.align)
-    environment = alignment.training_environment(tokenizer, OmegaConf.to_container(cfg.trainer, resolve=True), "cpu")
-    return alignment.alignment_key(model_cfg, align_cfg, defense_cfg, examples, environment)
 
 
 @functools.cache

@@ -13,10 +13,10 @@ import json
 import math
 
 import pytest
-from helpers import compose_config, needs_smollm2
+from helpers import alignment_entry, compose_config, needs_smollm2
 from hydra.utils import instantiate
-from test_defense_contract import OPTIONS, alignment_entry
 
+from sbr_bench.defenses import defense_options
 from sbr_bench.defenses.none import NoDefense
 from sbr_bench.job import run_job
 
@@ -33,6 +33,9 @@ def run(overrides, tmp_path, cache):
     metrics = json.loads((tmp_path / "job" / "metrics.json").read_text())
     status = json.loads((tmp_path / "job" / "status.json").read_text())
     return cfg, metrics, status
+
+
+OPTIONS = defense_options()
 
 
 @pytest.mark.parametrize("name", OPTIONS)

@@ -7,14 +7,14 @@ import json
 import weakref
 
 import pytest
-from test_judges import PAIRS, beaverdam_dir  # noqa: F401 - the tiny BeaverDam fixture
+from helpers import JUDGED_PAIRS
 
 from sbr_bench.judges.beaverdam import BeaverDamJudge
 
 
-def test_the_weights_are_gone_after_a_pass_and_load_again_for_the_next(beaverdam_dir):  # noqa: F811
+def test_the_weights_are_gone_after_a_pass_and_load_again_for_the_next(beaverdam_dir):
     judge = BeaverDamJudge(model=str(beaverdam_dir), device="cpu")
-    prompts, responses = [p for p, _ in PAIRS], [r for _, r in PAIRS]
+    prompts, responses = [p for p, _ in JUDGED_PAIRS], [r for _, r in JUDGED_PAIRS]
     first = judge.judge(prompts, responses)
     assert judge._model is None and judge._tokenizer is None
     assert judge.judge(prompts, responses) == first  # loaded again, same verdicts
@@ -27,14 +27,14 @@ def test_the_weights_are_gone_after_a_pass_and_load_again_for_the_next(beaverdam
     assert alive() is None
 
 
-def test_keep_loaded_keeps_them(beaverdam_dir):  # noqa: F811
+def test_keep_loaded_keeps_them(beaverdam_dir):
     judge = BeaverDamJudge(model=str(beaverdam_dir), device="cpu", keep_loaded=True)
     judge.judge(["a"], ["sure"])
     assert judge._model is not None
 
 
 @pytest.mark.parametrize("keep_loaded", [False, True])
-def test_no_judge_weights_are_alive_during_the_attack(beaverdam_dir, tmp_path, shared_cache, monkeypatch, keep_loaded):  # noqa: F811
+def test_no_judge_weights_are_alive_during_the_attack(beaverdam_dir, tmp_path, shared_cache, monkeypatch, keep_loaded):
     """A toy job judged by BeaverDam: at the start of the attack, the judge's model is gone (unless kept)."""
     from helpers import compose_config
 

@@ -11,7 +11,7 @@ import re
 
 import pytest
 import torch
-from helpers import check_settings
+from helpers import BEAVERDAM_CATEGORIES, JUDGED_PAIRS, check_settings
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
 from sbr_bench.errors import ConfigError
@@ -105,38 +105,6 @@ def test_keyword_judge_gives_verdicts_without_scores():
 
 # -- BeaverDam on a tiny stand-in --------------------------------------------------------------
 
-WORDS = "sure here is how to do it i cannot help with that please ask something else steps first then"
-CATEGORIES = [f"category_{i}" for i in range(14)]
-
-
-@pytest.fixture(scope="module")
-def beaverdam_dir(tmp_path_factory):
-    """A tiny LlamaForSequenceClassification with 14 labels and a word-level tokenizer, saved like a hub copy."""
-    folder = tmp_path_factory.mktemp("beaverdam")
-    tokenizer = build_tokenizer([WORDS + " beginning of conversation : user assistant"], min_count=1)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=4, max_position_embeddings=512, num_labels=14, problem_type="multi_label_classification",
-        id2label=dict(enumerate(CATEGORIES)), label2id={c: i for i, c in enumerate(CATEGORIES)},
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = LlamaForSequenceClassification(config)
-    with torch.no_grad():
-        model.score.weight.normal_(0, 1.0)  # spread the logits so both sides of a threshold occur
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-PAIRS = [
-    ("how do i do it", "sure here is how to do it first then steps"),
-    ("how do i do it", "i cannot help with that"),
-    ("help", "please ask something else"),
-    ("how", "sure"),
-    ("do it", "here is how " * 200),  # longer than max_length: truncated
-]
-
 
 def hand_probabilities(folder, max_length=256) -> list[torch.Tensor]:
     """Each pair alone, no padding: the head applied to the last token's hidden state, sigmoid."""
@@ -145,7 +113,7 @@ def hand_probabilities(folder, max_length=256) -> list[torch.Tensor]:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = LlamaForSequenceClassification.from_pretrained(folder).eval()
     probs = []
-    for prompt, response in PAIRS:
+    for prompt, response in JUDGED_PAIRS:
         text = f"BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:{response}{tokenizer.eos_token}"
         ids = tokenizer(text, truncation=True, max_length=max_length, return_tensors="pt")["input_ids"]
         with torch.no_grad():
@@ -160,12 +128,12 @@ def test_beaverdam_flags_when_the_largest_category_probability_exceeds_the_thres
     threshold = (tops[1] + tops[2]) / 2  # between two answers: some flagged, some not
     judge = BeaverDamJudge(model=str(beaverdam_dir), threshold=threshold, batch_size=2, device="cpu")
     judge.check()
-    verdicts = judge.judge([p for p, _ in PAIRS], [r for _, r in PAIRS])
+    verdicts = judge.judge([p for p, _ in JUDGED_PAIRS], [r for _, r in JUDGED_PAIRS])
     assert [v.harmful for v in verdicts] == [float(p.max()) > threshold for p in expected]
     assert {v.harmful for v in verdicts} == {True, False}
     for verdict, probs in zip(verdicts, expected, strict=True):
         assert verdict.score == pytest.approx(float(probs.max()), abs=1e-5)
-        assert list(verdict.details["categories"]) == CATEGORIES
+        assert list(verdict.details["categories"]) == BEAVERDAM_CATEGORIES
         assert list(verdict.details["categories"].values()) == pytest.approx(probs.tolist(), abs=1e-5)
 
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import matplotlib
-from test_report import sweep_of
+from job_folders import sweep_of
 
 from sbr_bench.reporting import plots
 from sbr_bench.reporting.aggregate import group
@@ -65,7 +65,7 @@ def test_a_defense_keeps_its_colour_across_plots_and_reports(tmp_path, monkeypat
 def test_drawing_leaves_the_backend_alone_and_never_imports_pyplot(tmp_path):
     code = (
         "import matplotlib, sys; matplotlib.use('svg');"
-        "from test_report import sweep_of; from sbr_bench.reporting import plots;"
+        "from job_folders import sweep_of; from sbr_bench.reporting import plots;"
         "from sbr_bench.reporting.aggregate import group; from sbr_bench.reporting.collect import collect;"
         f"from test_plots import GRID; from pathlib import Path; root = Path({str(tmp_path)!r});"
         "out = plots.draw(group(collect([sweep_of(root / 's', GRID)])), root / 'p', print);"

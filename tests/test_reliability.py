@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_cli import sbr_bench
+from helpers import sbr_bench
 
 from sbr_bench.data.bundled import read_jsonl
 from sbr_bench.errors import ConfigError

@@ -24,3 +24,10 @@ def test_no_file_refers_to_notes_outside_the_repository():
             continue
         found += [f"{name}:{n}" for n, line in enumerate(text.splitlines(), 1) if OUTSIDE.search(line)]
     assert not found, found
+
+
+def test_no_test_file_imports_another():
+    """Shared test code lives in tests/helpers.py or a stand-in module, so each test file runs alone."""
+    importing = re.compile(r"^\s*(from|import)\s+test_\w+", re.MULTILINE)
+    found = [p.name for p in (ROOT / "tests").glob("*.py") if importing.search(p.read_text(encoding="utf-8"))]
+    assert not found, found

@@ -9,7 +9,7 @@ import re
 import sys
 
 import pytest
-from test_llm_api_judge import KEY, Server, write_job
+from chat_server import KEY, Server, write_job
 
 from sbr_bench.cli import judge as judge_cli
 from sbr_bench.errors import ConfigError
