@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 
 from sbr_bench import CONF_DIR
 from sbr_bench.cli.precheck import config_loader, parse
+from sbr_bench.defenses import defense_options
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 PAPER_SCALE = ["sbr_table1", "poison_ratio", "lambda_sweep", "num_anchors", "persistent_hft"]
@@ -124,7 +125,12 @@ def test_the_seeds_axis_adds_to_any_presets_grid(make_cfg, option, seeds):
     [
         (["experiment=lambda_sweep_cpu", "model=toy"], 5, "sbr-hft-toy-defense.lam=0-s0"),
         (["experiment=lambda_sweep_cpu", "model=toy", "seeds=two"], 10, "sbr-hft-toy-defense.lam=0-s0"),
-        (["experiment=sbr_table1"], 48, "booster-hft-llama3_8b_instruct-data=beavertails_sst2-s0"),
+        # every defense option (defense: glob(*), in sorted order) on each of the 4 tasks
+        (
+            ["experiment=sbr_table1"],
+            4 * len(defense_options()),
+            f"{defense_options()[0]}-hft-llama3_8b_instruct-data=beavertails_sst2-s0",
+        ),
     ],
     ids=["lambda_sweep_cpu", "lambda_sweep_cpu x two seeds", "sbr_table1"],
 )

@@ -9,10 +9,8 @@ without Fisher weights (``defense=ewc`` adds them).
 Arguments:
     ``lam``   the weight. No paper publishes one for this baseline. Default 0.5 = rho / 2 with
               Lisa's rho = 1: the same pull as Lisa's proximal term, towards a fixed anchor
-              (the aligned model) instead of one re-taken at every state switch. Its size on the
-              toy run (n = 200, 75 steps, lr 1e-3): the term ends at 0.17 next to a task CE of
-              0.37, the CE is unchanged (0.370 vs 0.367 under plain SFT), so it constrains
-              without stopping the task from being learned (HS 71 -> 15, FA 57 -> 59 there).
+              (the aligned model) instead of one re-taken at every state switch. How large the
+              term is next to the task loss at this value: docs/defenses.md (L2-SP's weight).
     GA        the term is added on every micro-batch; Lightning's 1/GA loss scaling makes it
               count once per optimizer step, as the formula reads.
     w0        the trainable parameters at ``setup()``: with the fresh attack LoRA, B = 0 and A at
