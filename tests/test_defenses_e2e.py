@@ -54,11 +54,14 @@ def test_every_defense_runs_a_whole_job_on_the_toy_model(name, tmp_path, shared_
 @needs_smollm2
 @pytest.mark.parametrize("name", OPTIONS)
 def test_every_defense_runs_a_whole_job_on_smollm2(name, tmp_path, shared_cache):
-    # Small alignment pools with short self-distilled answers: self-distillation and the passes over
-    # the whole alignment pool (EWC's Fisher, RepNoise's harmful set), not training, were most of each
-    # job's time, and this test only shows that each defense runs on the real model.
+    # Small alignment pools with short self-distilled answers, and alignment batches of 2: self-
+    # distillation, the passes over the whole alignment pool (EWC's Fisher, RepNoise's harmful set)
+    # and the alignment-stage defenses' own steps (Booster's three passes, RepNoise's logit lens over
+    # every layer) were most of each job's time, and this test only shows that each defense runs on
+    # the real model.
     small_alignment = [
-        *("align.max_steps=2", "align.num_harmful=8", "align.num_benign=8", "align.self_max_new_tokens=8"),
+        *("align.max_steps=2", "align.batch_size=2", "align.num_harmful=8", "align.num_benign=8"),
+        "align.self_max_new_tokens=8",
         *("data.harmful.align=16", "data.benign.eval=224"),  # 16 harmful and 16 benign alignment pairs
     ]
     overrides = ["model=smollm2_135m", *FAST, f"defense={name}", *small_alignment, "eval.max_new_tokens=8"]
