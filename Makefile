@@ -1,7 +1,7 @@
 # Set-up and the usual commands. Everything installs into ./.venv from this project's own files.
 #
 #   make quickstart   install, then run the main job on the embedded default (SmolLM2, CPU)
-#   make test         install, then run the test suite (no network, ~5 min on 2 CPU cores)
+#   make test         install, then run the test suite (no network, ~10 min on 2 CPU cores)
 #   make test-slow    the tests that run the real SmolLM2 model
 #   make lint         ruff
 #   make docs         the documentation site, built strictly (a broken link fails it) into site/
