@@ -10,7 +10,7 @@ Arguments:
     ``lam``   the weight. No paper publishes one for this baseline. Default 0.5 = rho / 2 with
               Lisa's rho = 1: the same pull as Lisa's proximal term, towards a fixed anchor
               (the aligned model) instead of one re-taken at every state switch. How large the
-              term is next to the task loss at this value: docs/defenses.md (L2-SP's weight).
+              term is next to the task loss at this value: docs/defenses.md, every defense on the toy model.
     GA        the term is added on every micro-batch; Lightning's 1/GA loss scaling makes it
               count once per optimizer step, as the formula reads.
     w0        the trainable parameters at ``setup()``: with the fresh attack LoRA, B = 0 and A at
