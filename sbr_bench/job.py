@@ -32,7 +32,20 @@ class Interrupted(BaseException):
     """SIGTERM arrived: not an error of the job, and not to be swallowed by ``except Exception``."""
 
 
+class _Signals:
+    """The SIGTERM this job received, if any: the raised ``Interrupted`` is not the only trace of it.
+
+    Inside ``Trainer.fit`` Lightning puts its own SIGTERM handler in front of ours and, at the next
+    batch, raises ``SIGTERMException``, a bare ``SystemExit`` (exit code 0); our ``Interrupted`` can
+    also be lost when the signal lands in code that swallows exceptions (a finalizer, a C callback).
+    The flag lets ``run_job`` record the interruption whatever shape it reached us in.
+    """
+
+    received: int | None = None
+
+
 def _on_sigterm(signum, frame):
+    _Signals.received = signum
     raise Interrupted(f"signal {signum}")
 
 
@@ -106,13 +119,20 @@ def run_job(cfg: DictConfig) -> float:
         if done is not None:
             log.info("resume: %s finished earlier, skipped", output_dir)
             return done
+    _Signals.received = None
     previous_handler = watch_sigterm()
     try:
         metrics = pipeline.run(cfg)
-    except Interrupted as err:
-        write_json_atomic(status_path, {"status": "interrupted", "error": f"interrupted by {err}"})
+        if _Signals.received is not None:  # the Interrupted raised for it was swallowed on the way
+            raise Interrupted(f"signal {_Signals.received}")
+    except (Interrupted, SystemExit) as err:
+        if isinstance(err, SystemExit) and _Signals.received is None:
+            raise  # an exit of its own, not a signal's (e.g. a sub-command's)
+        write_json_atomic(status_path, {"status": "interrupted", "error": f"interrupted by signal {_Signals.received}"})
         finish_run(failed=True)
-        log.error("job interrupted (%s); re-run the command with resume=true to finish the sweep", err)
+        log.error(
+            "job interrupted (signal %s); re-run the command with resume=true to finish the sweep", _Signals.received
+        )
         raise SystemExit(143) from None
     except Exception as err:
         cause = user_error(err)

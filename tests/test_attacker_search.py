@@ -203,7 +203,7 @@ def test_a_killed_search_resumes_the_study_without_running_finished_trials_again
     assert proc.poll() is None, proc.communicate()[1][-3000:]
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=120)
-    assert proc.returncode != 0
+    assert proc.returncode != 0  # 143 (recorded), or -15 if it landed before job 2 watched for it
     before = finished(sweep)
     assert {"0", "1"} <= set(before)
     killed = optuna.load_study(study_name="attacker_search_toy-none", storage=f"sqlite:///{sweep}/study.db")

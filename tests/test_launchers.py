@@ -222,6 +222,55 @@ def test_a_job_outside_the_main_thread_runs_without_the_sigterm_handler(make_cfg
     assert status(tmp_path / "main") == status(tmp_path / "thread") == "ok"
 
 
+class _SignalsOnDeletion:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)  # Python swallows what a finalizer raises (our Interrupted)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed Interrupted
+@pytest.mark.parametrize("where", ["step", "finalizer"])
+def test_a_sigterm_inside_lightnings_fit_is_recorded_as_interrupted(where, make_cfg, monkeypatch, tmp_path):
+    """A SIGTERM inside ``fit`` is an interrupted job (status.json, exit 143) wherever it lands.
+
+    ``finalizer``: seen in a killed sweep, the signal landed in Lightning's ``Profiler.__del__``, which
+    swallowed our ``Interrupted``; Lightning then ended ``fit`` with its own bare SystemExit (exit code 0).
+    """
+    import pytorch_lightning as pl
+    import torch
+
+    from sbr_bench import job, pipeline
+
+    class SignalsItself(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, batch_idx):
+            if batch_idx == 2:
+                if where == "step":
+                    os.kill(os.getpid(), signal.SIGTERM)  # as a cluster's time limit or `kill` would
+                else:
+                    _SignalsOnDeletion()  # deleted at once: the signal arrives inside its __del__
+            return self.layer(batch).pow(2).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def fake_run(cfg):
+        data = torch.utils.data.DataLoader(torch.ones(16, 2), batch_size=2)
+        trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+        trainer.fit(SignalsItself(), data)
+        return {"eval/harmful_score": 1.0}
+
+    monkeypatch.setattr(pipeline, "run", fake_run)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as exit_:
+        job.run_job(make_cfg(["model=toy", "logger=none"], output_dir=tmp_path / "job"))
+    assert exit_.value.code == 143
+    assert status(tmp_path / "job") == "interrupted"
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 @pytest.mark.slow
 def test_ray_sweep_gives_exactly_the_basic_launchers_numbers(sweeps):
     """Ray starts a local cluster (~5-10 s) and sets each task's OMP_NUM_THREADS to its num_cpus."""
