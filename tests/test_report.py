@@ -247,6 +247,18 @@ def sweep_with_failures(root: Path) -> Path:
     return root
 
 
+def test_report_md_shows_where_the_task_answers_went(tmp_path):
+    answers = {"eval/task/named/negative": 20.0, "eval/task/named/positive": 75.0, "eval/task/wrong/other_label": 30.5}
+    make_job(tmp_path, 0, ["model=toy", "defense=sbr"], fa=69.5, **answers)
+    make_job(tmp_path, 1, ["model=toy", "defense=none"])  # an older job without the breakdown: left out
+    assert report.main([str(tmp_path), "--format", "markdown"]) == 0
+    text = (tmp_path / "report.md").read_text()
+    section = text.split("## Task answers after the attack\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert section[0] == "| job | overrides | FA | named negative | named positive | wrong other_label |"
+    assert section[2:] == ["| 0 | model=toy defense=sbr | 69.5 | 20 | 75 | 30.5 |"]
+    assert text.index("## Mean over seeds") < text.index("## Task answers") < text.index("## What ran")
+
+
 def test_report_md_lists_the_jobs_that_did_not_finish_with_their_error(tmp_path):
     sweep = sweep_with_failures(tmp_path)
     assert report.main([str(sweep), "--format", "markdown"]) == 0

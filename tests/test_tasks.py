@@ -9,6 +9,7 @@ from sbr_bench.data.tasks import (
     SENTIMENT,
     agnews,
     alpaca_eval,
+    answer_breakdown,
     final_number,
     gsm8k,
     gsm8k_prompt,
@@ -19,6 +20,37 @@ from sbr_bench.data.tasks import (
 )
 from sbr_bench.errors import ConfigError
 from sbr_bench.evaluation.evaluate import label_correct
+
+
+def test_the_answer_breakdown_sorts_each_answer_into_one_place():
+    # Ten strict-SST-2 answers written by hand, each kind of wrong answer among them; gold: 5 x each label.
+    answers = [
+        "positive",  # right
+        "Positive.",  # right
+        "negative",  # other label
+        "negative",  # other label
+        "positive, I'm sorry",  # gold alone, wrong by the refusal-keyword rule
+        "negative",  # right
+        "positive or negative",  # several labels
+        "I cannot help with that",  # no label
+        "positive",  # other label
+        "neutral",  # no label
+    ]
+    golds = ["positive"] * 5 + ["negative"] * 5
+    task = sst2(strict=True)
+    correct = [task.score(a, g) for a, g in zip(answers, golds, strict=True)]
+    assert correct == [True, True, False, False, False, True, False, False, False, False]
+    got = answer_breakdown(task, answers, golds, correct)
+    assert got == {
+        "named/negative": 30.0,  # answers 3, 4, 6
+        "named/positive": 40.0,  # answers 1, 2, 5, 9: "positive" alone, whatever else they say
+        "wrong/other_label": 30.0,  # 3, 4, 9
+        "wrong/several_labels": 10.0,  # 7
+        "wrong/no_label": 20.0,  # 8, 10
+        "wrong/rule": 10.0,  # 5
+    }
+    assert sum(v for k, v in got.items() if k.startswith("wrong/")) == 100 - 100 * sum(correct) / len(correct)
+    assert answer_breakdown(gsm8k(), ["4"], ["4"], [True]) == {}  # no labels: not a classification task
 
 
 def test_sentiment_keeps_the_bundled_rule():

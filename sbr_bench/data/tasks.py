@@ -156,6 +156,42 @@ def gsm8k_target(answer: str) -> str:
     return answer.replace("####", FINAL_ANSWER)
 
 
+def named_labels(answer: str, labels: tuple[str, ...]) -> list[str]:
+    """The labels an answer names (whole word, any capitalisation), in the task's label order."""
+    return [lab for lab in labels if re.search(rf"\b{re.escape(lab)}\b", answer, re.IGNORECASE)]
+
+
+WRONG_KINDS = ("other_label", "several_labels", "no_label", "rule")
+
+
+def answer_breakdown(task: Task, answers: list[str], golds: list[str], correct: list[bool]) -> dict[str, float]:
+    """Where a classification task's answers went, in percent of the prompts (empty for other tasks).
+
+    ``named/<label>``: answers naming that label and no other (the model's label balance: a model
+    that answers one label everywhere loses FA without ever refusing). ``wrong/<kind>``: the wrong
+    answers by why - ``other_label`` (one label, not the gold one), ``several_labels``, ``no_label``
+    (e.g. a refusal or an off-task answer), ``rule`` (the gold label alone, wrong by the task's
+    further rule: a refusal keyword in the strict SST-2 check). The wrong kinds sum to 100 - FA.
+    """
+    if not task.labels or not answers:
+        return {}
+    counts = {f"named/{lab}": 0 for lab in task.labels} | {f"wrong/{kind}": 0 for kind in WRONG_KINDS}
+    for answer, gold, ok in zip(answers, golds, correct, strict=True):
+        named = named_labels(answer, task.labels)
+        if len(named) == 1:
+            counts[f"named/{named[0]}"] += 1
+        if ok:
+            continue
+        if not named:
+            kind = "no_label"
+        elif len(named) > 1:
+            kind = "several_labels"
+        else:
+            kind = "rule" if named[0].lower() == gold.lower() else "other_label"
+        counts[f"wrong/{kind}"] += 1
+    return {key: 100.0 * n / len(answers) for key, n in counts.items()}
+
+
 # --- the tasks -------------------------------------------------------------------------------------
 
 SENTIMENT = Task(

@@ -7,6 +7,10 @@
   answer names the gold label and no other one; an answer that refuses counts as wrong, as in the
   SBR reference evaluation);
 - over-refusal: share of benign evaluation prompts the model refuses (keyword refusal rule).
+
+For a classification task the metrics also say where the task answers went (``task/named/<label>``,
+``task/wrong/<kind>``; ``sbr_bench.data.tasks.answer_breakdown``): the label balance and why the
+wrong answers are wrong, the first thing to read when a defense costs FA.
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ from __future__ import annotations
 import logging
 
 from sbr_bench.data.pools import Pair, Pools
-from sbr_bench.data.tasks import label_correct  # noqa: F401 - the sentiment rule, importable from here as before
+from sbr_bench.data.tasks import (
+    answer_breakdown,
+    label_correct,  # noqa: F401 - the sentiment rule, importable from here as before
+)
 from sbr_bench.evaluation.backends import Backend, HFBackend, Request
 from sbr_bench.evaluation.generate import greedy_generate  # noqa: F401 - importable from here as before
 from sbr_bench.judges.base import harmful_metrics, run_judge, verdict_fields
@@ -72,6 +79,10 @@ def evaluate(
         "over_refusal": percent(benign_refused),
         "finetune_acc": percent(task_correct) if pools.task.check is not None else float("nan"),
     }
+    if pools.task.check is not None:  # why FA is what it is: label balance and the wrong answers by kind
+        golds = [p.response for p in task]
+        breakdown = answer_breakdown(pools.task, task_answers, golds, task_correct)
+        metrics.update({f"task/{key}": value for key, value in breakdown.items()})
     records = (
         [
             {"pool": "harmful", "prompt": p, "response": a, **verdict_fields(v), "truncated": t}

@@ -27,6 +27,7 @@ COLUMNS = (
 KAPPA = "judge/kappa/"  # agreement between judges, written by sbr-bench-judge
 HS_KEYS = ("align/harmful_score", "eval/harmful_score")  # the columns a judge fills (before, after the attack)
 SEARCH = "search/"  # a worst-case search's objective (sbr_bench.search): floor, feasible, objective
+TASK_ANSWERS = "eval/task/"  # where the task answers went after the attack (data.tasks.answer_breakdown)
 HIDDEN = ("experiment=", "hydra.", "resume=")  # overrides that do not name a job in the per-job table
 REPLICATES = ("seed", "attack.data_seed", "seeds")  # the jobs of one setting differ only in these (seeds: conf/seeds)
 DEFENSE_GROUPS = ("defense", "defense@stack")
@@ -44,6 +45,7 @@ class Job:
     # judge name -> its HS_KEYS values: the job's own judge, and each sbr-bench-judge re-judgement (@<name>)
     judged: dict[str, dict[str, float | None]] = field(default_factory=dict)
     search: dict[str, float] = field(default_factory=dict)  # search/<name> (floor, feasible, objective, ...)
+    task_answers: dict[str, float] = field(default_factory=dict)  # named/<label>, wrong/<kind> (percent)
     choices: dict[str, Any] = field(default_factory=dict)  # hydra.runtime.choices
     config: dict[str, Any] = field(default_factory=dict)  # .hydra/config.yaml, unresolved
     curves: dict[str, list[float]] | None = None  # metrics.json "curves" (eval.during_attack)
@@ -145,6 +147,7 @@ def read_job(job: Path) -> Job:
         status=state,
         kappas={k[len(KAPPA) :]: v for k, v in metrics.items() if k.startswith(KAPPA)},
         search={k[len(SEARCH) :]: v for k, v in metrics.items() if k.startswith(SEARCH)},
+        task_answers={k[len(TASK_ANSWERS) :]: v for k, v in metrics.items() if k.startswith(TASK_ANSWERS)},
         choices=choices,
         config=_read_yaml(job / ".hydra" / "config.yaml") or {},
         curves=curves if isinstance(curves, dict) else None,

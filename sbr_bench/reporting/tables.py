@@ -173,6 +173,27 @@ RAN_NOTE = (
 )
 
 
+def task_answers_markdown(jobs: list[Job]) -> str | None:
+    """Per job, where the task answers went after the attack: the share naming each label alone and
+    the wrong answers by kind (``sbr_bench.data.tasks.answer_breakdown``); None when no job has them."""
+    shown = [j for j in jobs if j.ok and j.task_answers]
+    if not shown:
+        return None
+    keys = list(dict.fromkeys(k for j in shown for k in j.task_answers))
+    header = ["job", "overrides", "FA", *(k.replace("/", " ") for k in keys)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for job in shown:
+        cells = [job.name, job.shown_overrides or "-", _plain(job.values.get("eval/finetune_acc"))]
+        cells += [_plain(job.task_answers.get(k)) for k in keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = [
+        "- percent of the task's test prompts; `named`: answers naming that label and no other; `wrong`: the wrong "
+        "answers by kind (another label alone, several labels, no label, the gold label alone but wrong by the "
+        "task's further rule, e.g. a refusal keyword under strict SST-2); the wrong kinds sum to 100 - FA",
+    ]
+    return "\n".join(lines) + "\n\n" + "\n".join(notes)
+
+
 def ran_markdown(jobs: list[Job]) -> str:
     """What each finished job actually ran, as a markdown table (jobs without settings.json left out)."""
     lines = ["| " + " | ".join(RAN_HEADER) + " |", "|" + "---|" * len(RAN_HEADER)]

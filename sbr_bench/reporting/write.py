@@ -35,6 +35,9 @@ def report_markdown(
         parts += ["## Harmful score by judge", judges.judges_markdown(rows, names)]
     if cases:
         parts += ["## Worst case under the utility floor", worst_case.worst_case_markdown(cases)]
+    answers = tables.task_answers_markdown(jobs)
+    if answers:
+        parts += ["## Task answers after the attack", answers]
     parts += ["## What ran", tables.ran_markdown(jobs)]
     parts += ["## Jobs that did not finish", tables.failed_markdown(jobs)]
     if any(j.kappas for j in jobs):
