@@ -83,10 +83,14 @@ def task_prompt(instruction: str, input_text: str = "") -> str:
 # --- answer checks -----------------------------------------------------------------------------
 
 
+def named_labels(answer: str, labels: tuple[str, ...]) -> list[str]:
+    """The labels an answer names (whole word, any capitalisation), in the task's label order."""
+    return [lab for lab in labels if re.search(rf"\b{re.escape(lab)}\b", answer, re.IGNORECASE)]
+
+
 def label_correct(answer: str, gold: str, labels: tuple[str, ...]) -> bool:
     """The answer names the gold label (whole word, any capitalisation), no other label, and does not refuse."""
-    found = {lab for lab in labels if re.search(rf"\b{re.escape(lab)}\b", answer, re.IGNORECASE)}
-    return found == {gold} and not is_refusal(answer)
+    return named_labels(answer, labels) == [gold] and not is_refusal(answer)
 
 
 def sst2_correct(answer: str, gold: str, strict: bool = True) -> bool:
@@ -154,11 +158,6 @@ def gsm8k_prompt(question: str) -> str:
 def gsm8k_target(answer: str) -> str:
     """A GSM8K solution with "####" replaced by "The final answer is: " (Vaccine / Lisa)."""
     return answer.replace("####", FINAL_ANSWER)
-
-
-def named_labels(answer: str, labels: tuple[str, ...]) -> list[str]:
-    """The labels an answer names (whole word, any capitalisation), in the task's label order."""
-    return [lab for lab in labels if re.search(rf"\b{re.escape(lab)}\b", answer, re.IGNORECASE)]
 
 
 WRONG_KINDS = ("other_label", "several_labels", "no_label", "rule")

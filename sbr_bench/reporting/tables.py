@@ -186,12 +186,12 @@ def task_answers_markdown(jobs: list[Job]) -> str | None:
         cells = [job.name, job.shown_overrides or "-", _plain(job.values.get("eval/finetune_acc"))]
         cells += [_plain(job.task_answers.get(k)) for k in keys]
         lines.append("| " + " | ".join(cells) + " |")
-    notes = [
+    note = (
         "- percent of the task's test prompts; `named`: answers naming that label and no other; `wrong`: the wrong "
         "answers by kind (another label alone, several labels, no label, the gold label alone but wrong by the "
-        "task's further rule, e.g. a refusal keyword under strict SST-2); the wrong kinds sum to 100 - FA",
-    ]
-    return "\n".join(lines) + "\n\n" + "\n".join(notes)
+        "task's further rule, e.g. a refusal keyword under strict SST-2); the wrong kinds sum to 100 - FA"
+    )
+    return "\n".join(lines) + "\n\n" + note
 
 
 def ran_markdown(jobs: list[Job]) -> str:
