@@ -255,7 +255,7 @@ def test_report_md_shows_where_the_task_answers_went(tmp_path):
     text = (tmp_path / "report.md").read_text()
     section = text.split("## Task answers after the attack\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
     assert section[0] == "| job | overrides | FA | named negative | named positive | wrong other_label |"
-    assert section[2:] == ["| 0 | model=toy defense=sbr | 69.5 | 20 | 75 | 30.5 |"]
+    assert section[2:] == ["| 0 | defense=sbr | 69.5 | 20 | 75 | 30.5 |"]  # shared overrides said once, above
     assert text.index("## Mean over seeds") < text.index("## Task answers") < text.index("## What ran")
 
 

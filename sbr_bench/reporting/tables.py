@@ -176,6 +176,7 @@ RAN_NOTE = (
 def task_answers_markdown(jobs: list[Job]) -> str | None:
     """Per job, where the task answers went after the attack: the share naming each label alone and
     the wrong answers by kind (``sbr_bench.data.tasks.answer_breakdown``); None when no job has them."""
+    overrides = dict(zip((j.name for j in jobs), varying(jobs)[0], strict=True))  # as the per-job table
     shown = [j for j in jobs if j.ok and j.task_answers]
     if not shown:
         return None
@@ -183,7 +184,7 @@ def task_answers_markdown(jobs: list[Job]) -> str | None:
     header = ["job", "overrides", "FA", *(k.replace("/", " ") for k in keys)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for job in shown:
-        cells = [job.name, job.shown_overrides or "-", _plain(job.values.get("eval/finetune_acc"))]
+        cells = [job.name, overrides[job.name] or "-", _plain(job.values.get("eval/finetune_acc"))]
         cells += [_plain(job.task_answers.get(k)) for k in keys]
         lines.append("| " + " | ".join(cells) + " |")
     note = (
