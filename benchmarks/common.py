@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -44,6 +45,11 @@ def machine() -> dict:
         "transformers": transformers.__version__,
         "pytorch_lightning": pytorch_lightning.__version__,
     }
+
+
+def median_range(values: list[float], digits: int = 1) -> str:
+    """``median [min, max]`` of the rounds' values, the form every figure of these scripts is printed in."""
+    return f"{statistics.median(values):.{digits}f} [{min(values):.{digits}f}, {max(values):.{digits}f}]"
 
 
 def compose(overrides: list[str]):

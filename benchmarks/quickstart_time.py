@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,14 +29,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_record
+from common import median_range, write_record
 
 GOAL_S = 15 * 60
 STAGES = ("align_s", "attack_s", "diagnostics_s", "eval_s", "total_s")
-
-
-def spread(values: list[float], digits: int = 0) -> str:
-    return f"{statistics.median(values):.{digits}f} [{min(values):.{digits}f}, {max(values):.{digits}f}]"
 
 
 def mean_table(report: Path) -> list[str]:
@@ -89,14 +84,14 @@ def main() -> None:
     print("\n| stage | first job (s) | other jobs (s), median [min, max] |")
     print("|---|---|---|")
     for stage in STAGES:
-        rest = spread([j[stage] for j in others]) if others else ""
-        print(f"| {stage.removesuffix('_s')} | {spread([j[stage] for j in first])} | {rest} |")
+        rest = median_range([j[stage] for j in others], 0) if others else ""
+        print(f"| {stage.removesuffix('_s')} | {median_range([j[stage] for j in first], 0)} | {rest} |")
     print(f"\njobs per round: {len(rounds[0]['jobs'])}; the last round's mean over seeds:")
     print("\n".join(rounds[-1]["table"]))
     path = write_record("quickstart_time", {"overrides": args.extra, "goal_s": GOAL_S, "rounds": rounds})
     verdict = "within" if max(walls) <= GOAL_S else "over"
     print(
-        f"quickstart_time: {spread([w / 60 for w in walls], 1)} min wall over {len(walls)} round(s), "
+        f"quickstart_time: {median_range([w / 60 for w in walls], 1)} min wall over {len(walls)} round(s), "
         f"{verdict} the 15-min goal; record {path}"
     )
 

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import compose, write_record
+from common import compose, median_range, write_record
 from defense_cost import BATCH_SIZE, SEQ_LEN, fixed_length_examples
 from generation import answer_tokens
 
@@ -123,10 +123,6 @@ def counted_by_torch(model, batch: dict) -> float:
     return float(counter.get_total_flops())
 
 
-def spread(values: list[float], digits: int = 1) -> str:
-    return f"{statistics.median(values):.{digits}f} [{min(values):.{digits}f}, {max(values):.{digits}f}]"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2_135m", help="model option (smollm2_135m or toy)")
@@ -210,13 +206,14 @@ def main() -> None:
     print("matmul rates of the last round (GFLOP/s): " + ", ".join(f"{k} {v:.0f}" for k, v in rates.items()))
     print("\n| what | figure, median [min, max] over the rounds |")
     print("|---|---|")
-    print(f"| matmul peak, float32 (GFLOP/s) | {spread(peaks, 0)} |")
-    print(f"| matmul peak, bfloat16, for reference (GFLOP/s) | {spread(bf16_peaks, 0)} |")
-    print(f"| LoRA step, batch {BATCH_SIZE} x {SEQ_LEN} (s) | {spread(step_seconds, 2)} |")
-    print(f"| LoRA step (GFLOP/s) | {spread(step_rates, 0)} |")
-    print(f"| LoRA step / peak | {spread([100 * f for f in step_fractions], 0)} % |")
-    print(f"| generation, {len(prompts)} prompts x <= {args.gen_tokens} new tokens (tok/s) | {spread(gen_rates, 0)} |")
-    print(f"| generation's weight matmuls / peak | {spread([100 * f for f in gen_fractions], 0)} % |")
+    print(f"| matmul peak, float32 (GFLOP/s) | {median_range(peaks, 0)} |")
+    print(f"| matmul peak, bfloat16, for reference (GFLOP/s) | {median_range(bf16_peaks, 0)} |")
+    print(f"| LoRA step, batch {BATCH_SIZE} x {SEQ_LEN} (s) | {median_range(step_seconds, 2)} |")
+    print(f"| LoRA step (GFLOP/s) | {median_range(step_rates, 0)} |")
+    print(f"| LoRA step / peak | {median_range([100 * f for f in step_fractions], 0)} % |")
+    generated = f"{len(prompts)} prompts x <= {args.gen_tokens} new tokens"
+    print(f"| generation, {generated} (tok/s) | {median_range(gen_rates, 0)} |")
+    print(f"| generation's weight matmuls / peak | {median_range([100 * f for f in gen_fractions], 0)} % |")
     record = {
         "model": args.model,
         "rounds": args.rounds,
