@@ -187,7 +187,6 @@ def main() -> None:
         start = time.perf_counter()
         answers, truncated = generate_answers(trainable, tokenizer, prompts, args.gen_tokens, args.gen_batch)
         seconds = time.perf_counter() - start
-        trainable.train()
         answers_seen.add(tuple(answers))
         new_tokens = sum(answer_tokens(tokenizer, answers, truncated, args.gen_tokens))
         gen_rates.append(new_tokens / seconds)
