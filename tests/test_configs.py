@@ -19,6 +19,7 @@ SPECIALISING = {
     "align_tier": lambda name: dict(zip(("align", "tier"), name.rsplit("_", 1), strict=True)),
     "protocol": lambda name: {"defense": name},
     "protocol_tier": lambda name: dict(zip(("defense", "tier"), name.rsplit("_", 1), strict=True)),
+    "defense_tier": lambda name: dict(zip(("defense", "tier"), name.rsplit("_", 1), strict=True)),
     "data_eval": lambda name: {"data": name},
 }
 # Sweep spaces: an option holds a sweeper's params, placed at hydra.sweeper.params by the preset of its
@@ -134,3 +135,21 @@ def test_quickstart_sweeps_none_and_sbr_over_two_seeds_on_smollm2(make_cfg):
     assert cfg.hydra.sweeper.params.defense == "none,sbr" and cfg.hydra.sweeper.params.seed == "0,1"
     assert cfg.model.name == "smollm2_135m" and cfg.attack.poison_ratio == 0.1
     assert cfg.hydra.callbacks.report._target_ == "sbr_bench.reporting.callback.ReportCallback"
+
+
+DEFENSE_SETTINGS = sorted(p.stem for p in (CONF_DIR / "defense_tier").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("option", DEFENSE_SETTINGS)
+def test_a_defense_tier_setting_replaces_the_paper_value_and_names_both_sources(make_cfg, option):
+    defense, tier = option.rsplit("_", 1)
+    text = (CONF_DIR / "defense_tier" / f"{option}.yaml").read_text()
+    assert re.search(r"^#\s+paper:", text, re.M) and re.search(r"^#\s+cpu:", text, re.M), "both sources"
+    setting = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "defense_tier" / f"{option}.yaml").defense)
+    paper = OmegaConf.load(CONF_DIR / "defense" / f"{defense}.yaml")
+    model = {"cpu": "smollm2_135m", "toy": "toy"}.get(tier, "smollm2_135m")
+    tiered = make_cfg([f"defense={defense}", f"model={model}", f"tier={tier}"])
+    untiered = make_cfg([f"defense={defense}", f"model={model}", f"tier={tier}", "~defense_tier"])
+    for key, value in setting.items():
+        assert tiered.defense[key] == value
+        assert untiered.defense[key] == paper[key] != value  # ~defense_tier: the paper's value, as printed
