@@ -143,11 +143,12 @@ DEFENSE_SETTINGS = sorted(p.stem for p in (CONF_DIR / "defense_tier").glob("*.ya
 @pytest.mark.parametrize("option", DEFENSE_SETTINGS)
 def test_a_defense_tier_setting_replaces_the_paper_value_and_names_both_sources(make_cfg, option):
     defense, tier = option.rsplit("_", 1)
-    text = (CONF_DIR / "defense_tier" / f"{option}.yaml").read_text()
-    assert re.search(r"^#\s+paper:", text, re.M) and re.search(r"^#\s+cpu:", text, re.M), "both sources"
-    setting = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "defense_tier" / f"{option}.yaml").defense)
+    path = CONF_DIR / "defense_tier" / f"{option}.yaml"
+    text = path.read_text()
+    assert re.search(r"^#\s+paper:", text, re.M) and re.search(rf"^#\s+{tier}:", text, re.M), "both sources"
+    setting = OmegaConf.to_container(OmegaConf.load(path).defense)
     paper = OmegaConf.load(CONF_DIR / "defense" / f"{defense}.yaml")
-    model = {"cpu": "smollm2_135m", "toy": "toy"}.get(tier, "smollm2_135m")
+    model = "toy" if tier == "toy" else "smollm2_135m"
     tiered = make_cfg([f"defense={defense}", f"model={model}", f"tier={tier}"])
     untiered = make_cfg([f"defense={defense}", f"model={model}", f"tier={tier}", "~defense_tier"])
     for key, value in setting.items():
