@@ -16,14 +16,18 @@ paper's algorithm (``passes_per_step``, declared on its class; docs/defenses.md)
 defense that declares none is timed all the same and reported with an unknown goal ("?").
 
 Peak memory: each defense also runs a few steps alone in a subprocess, which reports its peak
-resident memory (``VmHWM``: model, optimizer state, activations and Python together); on a
-GPU, ``torch.cuda.max_memory_allocated`` of the in-process run instead.
+resident memory during training (``VmHWM``, reset once the model is loaded: model, optimizer
+state, the defense's set-up, activations and Python together, without the transient peak of
+loading the weights; glibc's mmap threshold fixed, so that freed tensors leave it); on a GPU,
+``torch.cuda.max_memory_allocated`` of the in-process run instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -112,6 +116,8 @@ def run_defense(
     timer = StepTimer()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    else:
+        reset_peak_rss()
     trainer_cfg = {"accelerator": "gpu" if device == "cuda" else "cpu", "devices": 1, "enable_progress_bar": False}
     fit(module, loader, trainer_cfg, None, "/tmp/sbr-bench-benchmark", max_steps=steps, callbacks=[timer])
     peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
@@ -125,6 +131,16 @@ def declared_passes(name: str) -> int | None:
     return getattr(instantiate(compose([f"defense={name}"]).defense), "passes_per_step", None)
 
 
+def reset_peak_rss() -> None:
+    """Start this process's VmHWM again from its current resident memory (Linux: clear_refs 5).
+
+    Loading the weights passes through a transient peak (the file's tensors and the model's at once)
+    that would otherwise set the figure for every defense alike and hide the differences.
+    """
+    with contextlib.suppress(OSError):  # not Linux, or not permitted: the peak then includes the loading
+        Path("/proc/self/clear_refs").write_text("5")
+
+
 def peak_rss_mib() -> float:
     """This process's peak resident memory (VmHWM: reset at exec, unlike ru_maxrss, which a child
     inherits from the process that started it)."""
@@ -136,11 +152,16 @@ def peak_rss_mib() -> float:
 
 def probe_memory(name: str, model_option: str, steps: int) -> float:
     """Peak resident memory (MiB) of a subprocess that trains ``steps`` steps under ``defense=name``."""
+    # glibc's mmap threshold grows with every large block freed, after which freed tensors stay in the
+    # heap and count as resident: the peak would follow the allocator's history, not the tensors
+    # alive at once. A fixed threshold maps every block over 128 KiB on its own and unmaps it on free.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
     result = subprocess.run(
         [sys.executable, __file__, "--probe", name, "--model", model_option, "--steps", str(steps)],
         capture_output=True,
         text=True,
         check=False,
+        env=env,
     )
     if result.returncode != 0:
         raise RuntimeError(f"memory probe of {name} failed:\n{result.stderr[-2000:]}")

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from helpers import check_settings, first_batch, fit_steps, stub_module, trainable, trainable_grads
+from helpers import bare_module, check_settings, first_batch, fit_steps, stub_module, trainable, trainable_grads
 
 from sbr_bench.data.formatting import IGNORE_INDEX, encode_pair
 from sbr_bench.data.pools import Pair
@@ -89,7 +89,7 @@ def test_ascent_term_matches_the_logit_lens_computed_separately(toy_model, pools
     rep = RepNoise(alpha=0.7, beta=0.0, norm_last_twice=norm_last_twice)
     module = stub_module(model, tokenizer, pools, streams={"harmful": batch})
     rep.setup(module)
-    terms = rep.loss_terms(module, batch={})
+    terms = rep.harmful_terms(module)
     assert set(terms) == {"ascent"}
 
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
@@ -135,11 +135,11 @@ def test_the_ascent_term_does_not_depend_on_the_lens_chunk(toy_model, pools, mon
     calls = []
     fused = LinearCrossEntropy.apply
     monkeypatch.setattr(LinearCrossEntropy, "apply", lambda *a: calls.append(a[0].shape) or fused(*a))
-    whole = rep.loss_terms(module, batch={})["ascent"]
+    whole = rep.harmful_terms(module)["ascent"]
     rows = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
     assert calls == [(rows * (model.config.num_hidden_layers + 2), model.config.hidden_size)]  # one call, all lenses
     monkeypatch.setattr(repnoise, "LENS_CHUNK_ROWS", 7)  # many chunks, the last one partial
-    chunked = rep.loss_terms(module, batch={})["ascent"]
+    chunked = rep.harmful_terms(module)["ascent"]
     torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-6)
     for g, e in zip(
         trainable_grads(chunked, model, allow_unused=True),
@@ -153,8 +153,8 @@ def test_double_norm_changes_the_last_lens(toy_model, pools):
     model, tokenizer = toy_model
     batch = harmful_batch(tokenizer, pools)
     module = stub_module(model, tokenizer, pools, streams={"harmful": batch})
-    twice = RepNoise(alpha=1, beta=0, norm_last_twice=True).loss_terms(module, {})["ascent"]
-    once = RepNoise(alpha=1, beta=0, norm_last_twice=False).loss_terms(module, {})["ascent"]
+    twice = RepNoise(alpha=1, beta=0, norm_last_twice=True).harmful_terms(module)["ascent"]
+    once = RepNoise(alpha=1, beta=0, norm_last_twice=False).harmful_terms(module)["ascent"]
     assert abs(twice.item() - once.item()) > 1e-4
 
 
@@ -164,7 +164,7 @@ def test_noise_term_matches_mmd_of_hooked_mlp_outputs(toy_model, pools):
     rep = RepNoise(alpha=0.0, beta=0.25)
     module = stub_module(model, tokenizer, pools, streams={"harmful": batch})
     torch.manual_seed(123)
-    terms = rep.loss_terms(module, batch={})
+    terms = rep.harmful_terms(module)
     assert set(terms) == {"noise"}
 
     outputs = []
@@ -221,7 +221,7 @@ def test_zero_weights_are_plain_sft_exactly(toy, pools):
     start = apply_adapter(copy.deepcopy(model), r=4, seed=0)
     plain, plain_logs = train_one_step(copy.deepcopy(start), tokenizer, pools, NoDefense())
     zero, zero_logs = train_one_step(copy.deepcopy(start), tokenizer, pools, RepNoise(alpha=0, beta=0))
-    assert plain_logs["align/loss"] == zero_logs["align/loss"]
+    assert plain_logs["align/loss_task"] == zero_logs["align/loss_task"]
     assert plain.keys() == zero.keys()
     for name in plain:
         assert torch.equal(plain[name], zero[name]), name
@@ -229,10 +229,32 @@ def test_zero_weights_are_plain_sft_exactly(toy, pools):
     defended, logs = train_one_step(copy.deepcopy(start), tokenizer, pools, RepNoise(alpha=1, beta=0.5))
     assert {"align/loss_noise", "align/loss_ascent"} <= logs.keys()
     assert all(math.isfinite(v) for v in logs.values())
-    assert logs["align/loss"] == pytest.approx(
-        logs["align/loss_task"] + logs["align/loss_noise"] + logs["align/loss_ascent"]
-    )
     assert any(not torch.equal(plain[n], defended[n]) for n in plain)
+
+
+def test_a_step_has_the_gradient_of_one_backward_of_the_whole_loss(toy_model, pools):
+    """The step backwards the harmless and the harmful pass one by one; here their sum is differentiated once."""
+    model, tokenizer = toy_model
+    model = apply_adapter(copy.deepcopy(model), r=4, seed=0)
+    batch = first_batch(tokenizer, pools.align_harmful[:3] + pools.align_benign[:3])
+    harmful = harmful_batch(tokenizer, pools, n=3)
+    rep = RepNoise(alpha=0.7, beta=0.5)
+    module = bare_module(model, tokenizer, rep, grad_accum=2, harmful=harmful)
+    module.pools = pools
+    rep.setup(module)
+
+    torch.manual_seed(7)
+    losses = rep.training_step(module, batch)
+    stepped = [p.grad.clone() for p in trainable(model).values()]
+    assert set(losses) == {"task", "noise", "ascent"}
+
+    torch.manual_seed(7)  # the same noise draws
+    whole = module.task_loss(batch) + sum(rep.harmful_terms(module).values())
+    expected = trainable_grads(whole / 2, model)  # divided by the micro-batches per step
+    assert whole.item() == pytest.approx(sum(v.item() for v in losses.values()), rel=1e-6)
+    for got, want in zip(stepped, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    assert any(g.abs().sum() > 0 for g in expected)
 
 
 def test_harmful_stream_is_the_compliant_pool(pools):

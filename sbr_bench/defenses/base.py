@@ -101,7 +101,8 @@ class Defense(nn.Module):
     def training_step(self, module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Only with ``manual_optimization = True``: this micro-batch's gradient into ``.grad``; returns its losses.
 
-        For defenses that need several forward/backward passes per step (Vaccine, Booster): the
+        For defenses that need several forward/backward passes per step (Vaccine, Booster), or whose
+        terms come from separate passes that are cheaper to backward one by one (RepNoise): the
         documented exception, not the rule. Leave this micro-batch's gradient, already divided by
         the number of micro-batches per step (``module.accumulate_backward(loss)`` and
         ``module.accumulate_grads(params, grads)`` do that), in ``.grad``, and nothing else; the

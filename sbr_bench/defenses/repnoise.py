@@ -62,6 +62,11 @@ Paper / code discrepancies, decided here:
 A weight of 0 switches its term off (nothing computed); alpha = beta = 0 is plain SFT alignment.
 Cost per step: one extra forward and backward over the harmful batch, plus L + 2 LM-head
 projections at its answer tokens.
+
+Memory: l_harmless and the harmful terms come from two separate forward passes, so the step
+backwards each as soon as it exists (``training_step``): the gradient of their sum, but the
+harmless pass's activations are freed before the harmful pass keeps its own, so the peak holds one
+pass's activations instead of both.
 """
 
 from __future__ import annotations
@@ -142,6 +147,7 @@ class RepNoise(Defense):
     """Representation Noising in the alignment stage; see the module docstring for the math and options."""
 
     stage = "align"
+    manual_optimization = True  # one backward per pass, so that only one pass's activations are held
     plain_sft_at: ClassVar[dict] = {"alpha": 0, "beta": 0}  # both terms off (not computed): l_harmless alone
     passes_per_step = 2  # harmless batch + harmful batch with every layer's logit lens and MMD
 
@@ -256,7 +262,21 @@ class RepNoise(Defense):
         total = LinearCrossEntropy.apply(rows, head.weight, targets.repeat(len(lens) + 1), LENS_CHUNK_ROWS)
         return total / len(targets) / len(hidden_states)  # the mean CE of each term, summed, / (L + 1)
 
-    def loss_terms(self, module, batch):
+    def training_step(self, module, batch):
+        """``l_harmless`` on the stage's batch, then the harmful terms; each backwarded as soon as computed.
+
+        The gradient is that of their sum. The two passes share no tensor, so the harmless graph can
+        go before the harmful one is built. The harmful batch and the noise are drawn after the
+        harmless pass, as in a single backward of the sum.
+        """
+        task = module.task_loss(batch)
+        module.accumulate_backward(task)
+        terms = self.harmful_terms(module)
+        if terms:
+            module.accumulate_backward(sum(terms.values()))
+        return {"task": task.detach(), **{name: term.detach() for name, term in terms.items()}}
+
+    def harmful_terms(self, module) -> dict[str, torch.Tensor]:
         """``{"noise": beta * l_noise, "ascent": -alpha * log(l_ascent + 1)}`` on the next harmful batch."""
         if self.alpha == 0 and self.beta == 0:
             return {}
