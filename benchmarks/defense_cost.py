@@ -3,7 +3,7 @@
     python benchmarks/defense_cost.py                            # every option of conf/defense/, SmolLM2, CPU
     python benchmarks/defense_cost.py --defenses none sbr vaccine --rounds 1 --model toy
 
-Every defense trains a fresh LoRA adapter (the attack's adapter config) on the same batches of
+Every defense trains a fresh LoRA adapter (its stage's adapter config) on the same batches of
 8 x 128 tokens (response-only loss) through the real ``SafetyModule`` and Lightning Trainer; a
 callback times each training step (forward, the defense's extra passes, backward, optimizer step).
 Alignment-stage defenses run as in the alignment stage, with their extra data streams. One-time
@@ -75,6 +75,17 @@ class StepTimer(pl.Callback):
         self.times.append(time.perf_counter() - self.start)
 
 
+def stage_adapter(cfg, defense) -> dict:
+    """The adapter config of the stage ``defense`` acts in, for a fresh model.
+
+    An alignment-stage defense trains the alignment's LoRA (``align.adapter``); the attack's
+    ``adapter`` may be ``kind: continue`` there (Booster's protocol), which needs that LoRA to exist.
+    """
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg.align.adapter if defense.stage == "align" else cfg.adapter, resolve=True)
+
+
 def run_defense(
     name: str, model_option: str, steps: int, device: str, overrides: tuple[str, ...] = ()
 ) -> tuple[list[float], float | None]:
@@ -82,7 +93,6 @@ def run_defense(
     memory in MiB or None)."""
     import torch
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
     from torch.utils.data import DataLoader
 
     from sbr_bench.attacks.attack_set import build_attack_set
@@ -97,8 +107,7 @@ def run_defense(
     defense.check(pools)
     model, tokenizer = instantiate(cfg.model)
     model.to(device)
-    adapter = OmegaConf.to_container(cfg.adapter, resolve=True)
-    trainable = apply_adapter(model, **adapter, seed=0)
+    trainable = apply_adapter(model, **stage_adapter(cfg, defense), seed=0)
 
     attack_set = build_attack_set(pools, BATCH_SIZE * steps, 0.5, 0)
     examples = fixed_length_examples(tokenizer, attack_set, SEQ_LEN)
