@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pytorch_lightning as pl
-from common import compose, write_record
+from common import compose, median_range, write_record
 
 from sbr_bench.defenses import defense_options
 
@@ -210,16 +210,16 @@ def main() -> None:
 
     names = ["none", *[d for d in args.defenses if d != "none"]]
     times: dict[str, list[float]] = {n: [] for n in names}
+    round_medians: dict[str, list[float]] = {n: [] for n in names}  # one per round, for the spread
     gpu_peak: dict[str, float] = {}
     for round_ in range(args.rounds):
         for name in names:
             step_times, peak = run_defense(name, args.model, args.steps, device)
             times[name] += step_times[1:]
+            round_medians[name].append(statistics.median(step_times[1:]))
             if peak is not None:
                 gpu_peak[name] = max(peak, gpu_peak.get(name, 0.0))
-            print(
-                f"round {round_ + 1}/{args.rounds} {name}: {statistics.median(step_times[1:]):.3f} s/step", flush=True
-            )
+            print(f"round {round_ + 1}/{args.rounds} {name}: {round_medians[name][-1]:.3f} s/step", flush=True)
 
     memory = gpu_peak
     if not memory and not args.no_memory:
@@ -236,6 +236,8 @@ def main() -> None:
             "passes": passes,
             "goal_ratio": round(passes * 1.15, 2) if passes is not None else None,
             "steps_timed": len(times[name]),
+            # each round's median over none's median of the same round: the ratio's spread over rounds
+            "round_ratios": [round(t / b, 3) for t, b in zip(round_medians[name], round_medians["none"], strict=True)],
         }
         if name in memory:
             row["peak_mib"] = round(memory[name], 1)
@@ -243,12 +245,16 @@ def main() -> None:
         rows.append(row)
 
     kind = "GPU" if gpu_peak else "RSS"
-    print(f"\n| defense | s/step | time / none | goal (passes x 1.15) | peak {kind} MiB | memory / none |")
-    print("|---|---|---|---|---|---|")
+    print(
+        f"\n| defense | s/step | time / none | per round: median [min, max] | goal (passes x 1.15) "
+        f"| peak {kind} MiB | memory / none |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['defense']} | {r['step_s']:.2f} | {r['time_ratio']:.2f} | {goal(r['goal_ratio'])} | "
-            f"{r.get('peak_mib', float('nan')):.0f} | {r.get('memory_ratio', float('nan')):.2f} |"
+            f"| {r['defense']} | {r['step_s']:.2f} | {r['time_ratio']:.2f} | {median_range(r['round_ratios'], 2)} | "
+            f"{goal(r['goal_ratio'])} | {r.get('peak_mib', float('nan')):.0f} | "
+            f"{r.get('memory_ratio', float('nan')):.2f} |"
         )
     path = write_record(
         "defense_cost",
